@@ -1,0 +1,88 @@
+"""Build: export ResNet-18 to ONNX and build an engine from it (TensorRT, or the PyTorch stand-in).
+
+1. The model: torchvision's ResNet-18, with deterministic random weights from --seed (the default, no
+   download) or torchvision's ImageNet weights (--weights imagenet). Saved once to
+   engines/resnet18_weights.pt; every engine and the reference outputs come from that file.
+2. ONNX: exported with a dynamic batch axis, in fp32 or in fp16. The fp16 model casts to fp16 inside the
+   graph, so its inputs and outputs stay fp32 and the host code of later steps does not change.
+3. The engine: TensorRT builds a strongly typed network (layer precisions come from the ONNX types: the
+   only mode TensorRT 11 has) with one optimization profile per --profile, reusing a timing cache.
+   With --backend torch it writes the stand-in's engine file instead.
+Each engine gets a metadata file (<engine>.json) that later steps check before they run.
+
+Examples:
+  python 0_build.py                                   # engines/resnet18_fp32, batch 1..128
+  python 0_build.py --precision fp16                  # engines/resnet18_fp16
+  python 0_build.py --precision fp16 --profile 1:16:32 --profile 64:128:128 --name resnet18_fp16_2profiles
+"""
+import argparse
+import json
+import os
+
+from common import build, cli, cuda, data, engine as engines
+
+DEFAULT_PROFILE = (1, 128, 128)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[1:]))
+    parser.add_argument("--backend", choices=["auto", "tensorrt", "torch"], default=os.environ.get("BACKEND", "auto"))
+    parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    parser.add_argument("--profile", type=build.parse_profile, action="append", metavar="MIN:OPT:MAX",
+                        help="an optimization profile's batch sizes; repeat for several (default 1:128:128)")
+    parser.add_argument("--name", help="engine name under engines/ (default resnet18_<precision>)")
+    parser.add_argument("--weights", choices=["seed", "imagenet"], default="seed",
+                        help="deterministic random weights (default) or torchvision's ImageNet weights")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    parser.add_argument("--workspace-mib", type=int, default=4096, help="TensorRT's workspace limit (default 4096)")
+    parser.add_argument("--force", action="store_true", help="rebuild even if the engine is up to date")
+    parser.add_argument("--verbose", action="store_true", help="TensorRT's INFO log during the build")
+    return parser.parse_args()
+
+
+def ensure_weights(source, seed):
+    """Write the weights only when missing or asked for differently, so engines stay valid across builds."""
+    wanted = {"source": source, "seed": seed if source == "seed" else None}
+    recorded = build.metadata_path(build.WEIGHTS_PATH)
+    if build.WEIGHTS_PATH.exists() and recorded.exists() and json.loads(recorded.read_text()) == wanted:
+        return
+    print(f"writing {build.WEIGHTS_PATH} ({source} weights) ...")
+    build.save_weights(source, seed)
+    recorded.write_text(json.dumps(wanted) + "\n")
+
+
+def is_up_to_date(path, backend, precision, profiles, device):
+    metadata_file = build.metadata_path(path)
+    if not (path.exists() and metadata_file.exists()):
+        return False
+    metadata = json.loads(metadata_file.read_text())
+    built_for = (metadata.get("format"), metadata.get("backend"), metadata.get("precision"),
+                 [tuple(profile) for profile in metadata.get("profiles", [])], metadata.get("weights_digest"))
+    wanted = (build.METADATA_FORMAT, backend, precision, profiles, data.file_digest(build.WEIGHTS_PATH))
+    if backend == "tensorrt":
+        import tensorrt as trt
+        built_for += (metadata.get("tensorrt_version"), metadata.get("compute_capability"))
+        wanted += (trt.__version__, device[1])
+    return built_for == wanted
+
+
+def main():
+    args = parse_args()
+    backend = engines.resolve_backend(args.backend)
+    profiles = args.profile or [DEFAULT_PROFILE]
+    name = args.name or f"resnet18_{args.precision}"
+    # TensorRT builds for the GPU it runs on; the stand-in's file is only weights and needs no GPU.
+    device = cuda.require_gpu() if backend == "tensorrt" else None
+    ensure_weights(args.weights, args.seed)
+    path = build.engine_path(name, backend)
+    if not args.force and is_up_to_date(path, backend, args.precision, profiles, device):
+        print(f"{path} is up to date ({args.precision}, profiles {build.format_profiles(profiles)}); --force rebuilds it")
+        return
+    build.build_engine(name, backend, args.precision, profiles, build.WEIGHTS_PATH,
+                       workspace_mib=args.workspace_mib, verbose=args.verbose, device=device)
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,249 @@
+"""Multiple profiles: an engine with a small-batch and a large-batch optimization profile, one context per profile.
+
+Changed from step 8: the engine is built with two optimization profiles (0_build.py --profile 1:16:32
+--profile 33:128:128), and the workload mixes small and large batches. TensorRT tunes its kernels for
+each profile's OPT shape, so a profile as wide as 1..128 runs small batches with kernels chosen for 128;
+two narrower profiles give each size range its own kernels. Each context selects its profile once,
+with the asynchronous profile setter on its own stream, before any input shape is set; each batch
+goes to the context whose profile holds its size, so no context ever switches profile and no buffer is
+reallocated (each context's buffers are sized for its profile's largest batch). A batch that fits no
+profile is refused with a clear error before anything runs.
+The workload differs from steps 1 to 8 (every other batch is small), so its time per batch is not
+comparable with theirs.
+
+What to look for in the timeline (reports/9_multi_profiles.nsys-rep):
+- two compute streams, one running the small batches and one the large ones;
+- in the kernels' details (Nsight Systems' "Description"), different shapes on the two streams.
+
+Run: python 0_build.py --precision fp16 --profile 1:16:32 --profile 33:128:128 --name resnet18_fp16_2profiles
+     python 9_multi_profiles.py (--help for the options)
+"""
+import concurrent.futures
+import dataclasses
+import queue
+import threading
+
+from common import cli, cuda, data, nvtx, results, workload
+from common.errors import CourseError
+
+ENGINE = "resnet18_fp16_2profiles"
+
+
+@dataclasses.dataclass
+class InputSlot:
+    """A device input buffer for one batch in flight, and the two events that guard it."""
+    address: int
+    copied: object  # on the copy stream, after the H2D: the inference may read the buffer
+    consumed: object  # on the compute stream, after the inference: the next H2D may overwrite it
+
+
+@dataclasses.dataclass
+class HostOutput:
+    """A pinned buffer for one batch's logits, and the event recorded after the D2H into it."""
+    logits: object
+    copied: object
+
+
+def allocate(context, run, batch_size):
+    """Two input slots (double buffering), one output buffer bound once, two pinned host output buffers."""
+    with nvtx.phase("alloc"):
+        slots = [InputSlot(cuda.malloc(run.input.nbytes(batch_size)), cuda.create_event(), cuda.create_event())
+                 for _ in range(2)]
+        output_address = cuda.malloc(run.output.nbytes(batch_size))
+        host_outputs = [HostOutput(cuda.pinned_empty(run.output.shape_for(batch_size), run.output.dtype),
+                                   cuda.create_event()) for _ in range(2)]
+    context.set_tensor_address(run.output.name, output_address)
+    return slots, output_address, host_outputs
+
+
+def copy_in(copy_stream, slot, images):
+    """Queue a batch's H2D on the copy stream, after the slot's previous inference has consumed it."""
+    with nvtx.phase("h2d"):
+        cuda.wait(copy_stream, slot.consumed)
+        cuda.memcpy_htod_async(slot.address, images, copy_stream)
+        cuda.record(slot.copied, copy_stream)
+
+
+class InferenceGraphs:
+    """One CUDA graph of the inference per (input slot, batch size), captured on first use."""
+
+    def __init__(self, context, stream, run):
+        self.context, self.stream, self.run = context, stream, run
+        self.graphs = {}
+        self.capturable = True
+
+    def launch(self, slot, batch_size):
+        key = (slot.address, batch_size)
+        if key not in self.graphs and self.capturable:
+            try:
+                self.graphs[key] = self.capture(slot, batch_size)
+            except CourseError as error:
+                print(f"note: this engine cannot be captured into a CUDA graph ({error}); running it without one")
+                self.capturable = False
+        if key in self.graphs:
+            cuda.launch_graph(self.graphs[key], self.stream)
+        else:
+            self.enqueue(slot, batch_size)
+
+    def enqueue(self, slot, batch_size):
+        self.context.set_input_shape(self.run.input.name, self.run.input.shape_for(batch_size))
+        self.context.set_tensor_address(self.run.input.name, slot.address)
+        if not self.context.execute_async_v3(self.stream):
+            raise CourseError("execute_async_v3 failed: see the engine's log above")
+
+    def capture(self, slot, batch_size):
+        with nvtx.phase("capture"):
+            self.enqueue(slot, batch_size)  # outside the capture: finishes the shape's lazy set-up
+            cuda.begin_capture(self.stream)
+            try:
+                self.enqueue(slot, batch_size)
+            finally:
+                graph = cuda.end_capture(self.stream)  # always end it, or the stream stays capturing
+        return graph
+
+
+def infer(graphs, compute_stream, buffers, slot, host_output, batch_size):
+    """Queue the inference (after the slot's H2D) and the D2H on the compute stream; no waiting here."""
+    output_address = buffers[1]
+    with nvtx.phase("infer"):
+        cuda.wait(compute_stream, slot.copied)
+        graphs.launch(slot, batch_size)
+        cuda.record(slot.consumed, compute_stream)
+    with nvtx.phase("d2h"):
+        cuda.memcpy_dtoh_async(host_output.logits[:batch_size], output_address, compute_stream)
+        cuda.record(host_output.copied, compute_stream)
+
+
+def process_output(index, logits):
+    with nvtx.phase("output"):
+        print(f"batch {index}: {results.describe_predictions(logits)}")
+
+
+class OutputThread(threading.Thread):
+    """Waits for each batch's logits, in order, processes them, and returns their host buffer."""
+
+    def __init__(self, host_outputs, outputs):
+        super().__init__(name="output", daemon=True)
+        self.pending = queue.Queue()  # (batch index, batch size, HostOutput), then None to stop
+        self.free = queue.Queue()  # host buffers the main thread may copy into
+        for host_output in host_outputs:
+            self.free.put(host_output)
+        self.outputs = outputs
+        self.error = None
+
+    def run(self):
+        try:
+            while (item := self.pending.get()) is not None:
+                index, batch_size, host_output = item
+                cuda.event_synchronize(host_output.copied)
+                logits = host_output.logits[:batch_size].copy()
+                self.free.put(host_output)
+                process_output(index, logits)
+                self.outputs[index] = logits
+        except Exception as error:
+            self.error = error
+            self.free.put(None)  # wakes the main thread if it is waiting for a buffer
+
+    def take_free_buffer(self):
+        """Blocks while both buffers hold unread logits (back-pressure)."""
+        host_output = self.free.get()
+        self.raise_error()
+        return host_output
+
+    def raise_error(self):
+        if self.error is not None:
+            raise CourseError(f"the output thread failed: {self.error!r}")
+
+
+class ContextPipeline:
+    """Step 7's pipeline for one execution context on one optimization profile."""
+
+    def __init__(self, run, batches, outputs, profile):
+        self.run, self.batches = run, batches
+        self.context = run.engine.create_execution_context()
+        self.copy_stream, self.compute_stream = cuda.create_stream(), cuda.create_stream()
+        # Select the profile first: input shapes and addresses are set for the active profile.
+        if not self.context.set_optimization_profile_async(profile, self.compute_stream):
+            raise CourseError(f"could not select optimization profile {profile}: see the engine's log above")
+        self.batch_indices = [index for index, images in enumerate(batches)
+                              if run.loaded.profile_for(len(images)) == profile]
+        largest = max(len(batches[index]) for index in self.batch_indices)
+        self.buffers = allocate(self.context, run, largest)
+        self.graphs = InferenceGraphs(self.context, self.compute_stream, run)
+        self.output_thread = OutputThread(self.buffers[2], outputs)
+
+    def warm_up(self):
+        with nvtx.phase("warm-up"):  # first runs pay one-off costs (here: the captures); keep them out of the timing
+            first = self.batches[self.batch_indices[0]]
+            for slot in self.buffers[0]:
+                copy_in(self.copy_stream, slot, first)
+                infer(self.graphs, self.compute_stream, self.buffers, slot, self.buffers[2][0], len(first))
+            cuda.synchronize(self.compute_stream)
+
+    def drive(self, timer):
+        """The batch loop of step 7, over the batches of this pipeline's profile; runs on its own thread."""
+        slots, output_thread = self.buffers[0], self.output_thread
+        claim_next = batch_queue(self.batch_indices)
+        output_thread.start()
+        index, count = claim_next(), 0
+        if index is not None:
+            copy_in(self.copy_stream, slots[0], self.batches[index])
+        while index is not None:
+            timer.start_batch(index)
+            host_output = output_thread.take_free_buffer()
+            batch_size = len(self.batches[index])
+            infer(self.graphs, self.compute_stream, self.buffers, slots[count % 2], host_output, batch_size)
+            following = claim_next()
+            if following is not None:  # prefetch: this copy overlaps the inference just queued
+                copy_in(self.copy_stream, slots[(count + 1) % 2], self.batches[following])
+            output_thread.pending.put((index, batch_size, host_output))  # the thread waits, not us
+            index, count = following, count + 1
+        output_thread.pending.put(None)
+        output_thread.join()
+        output_thread.raise_error()
+
+
+def batch_queue(indices):
+    """A thread-safe source of batch indices; `claim_next()` returns None once all are claimed."""
+    unclaimed = queue.SimpleQueue()
+    for index in indices:
+        unclaimed.put(index)
+
+    def claim_next():
+        try:
+            return unclaimed.get_nowait()
+        except queue.Empty:
+            return None
+    return claim_next
+
+
+def mixed_batches(args):
+    """Every other batch small: args.batches batches alternating --batch-size and --small-batch-size images."""
+    large = data.make_batches(args.batches, args.batch_size, args.seed)
+    small = data.make_batches(args.batches, args.small_batch_size, args.seed + 1)
+    return [large[index] if index % 2 == 0 else small[index] for index in range(args.batches)]
+
+
+def main():
+    parser = cli.parser(__doc__)
+    parser.add_argument("--small-batch-size", type=int, default=16, help="images per small batch (default 16)")
+    args = parser.parse_args()
+    run = workload.prepare(args, ENGINE, precision="fp16", batches=mixed_batches(args))
+    batches = [cuda.pinned_copy(images) for images in run.batches]  # as if the data were loaded there
+    outputs = [None] * len(batches)
+    profiles = range(run.engine.num_optimization_profiles)
+    pipelines = [ContextPipeline(run, batches, outputs, profile) for profile in profiles
+                 if any(run.loaded.profile_for(len(images)) == profile for images in batches)]
+    for pipeline in pipelines:
+        pipeline.warm_up()
+
+    timer = results.Timer(args.batches)
+    with concurrent.futures.ThreadPoolExecutor(len(pipelines), thread_name_prefix="context") as pool:
+        for done in [pool.submit(pipeline.drive, timer) for pipeline in pipelines]:
+            done.result()  # re-raises a pipeline thread's exception here
+    timer.stop()
+    results.finish(__doc__, args, run, timer, outputs, images=sum(len(images) for images in batches[-3:]))
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,66 @@
+# The course's commands. `make profile-all` on a fresh GPU machine does everything: setup, build, run
+# every step under Nsight Systems, report. `make test` runs the tests (GPU tests skip without a GPU).
+#   BACKEND=auto|tensorrt|torch   auto: TensorRT if it can be imported, else the PyTorch stand-in
+#   PYTHON=python3                use an existing environment instead of the course's .venv
+#   NSYS_FLAGS=...                override any of nsys's trace options (defaults: the source tutorial's)
+
+BACKEND ?= auto
+VENV ?= .venv
+PYTHON ?= $(VENV)/bin/python
+REPORTS ?= reports
+STEP_ARGS ?=
+STEPS := 1_baseline 2_reuse_buffers 3_use_pin_memory 4_use_fp16 5_multi_streams 6_multi_threads \
+         7_cuda_graph 8_multi_context 9_multi_profiles
+NSYS ?= nsys
+# The source tutorial's options; --sample=none --cpuctxsw=none keep nsys from writing gigabytes of
+# CPU samples. --gpu-metrics-devices needs permission to read GPU counters: drop it if nsys refuses.
+NSYS_FLAGS ?= -t cuda,nvtx,osrt,cudnn,cublas --cuda-memory-usage=true --cudabacktrace=all \
+              --cuda-graph-trace=node --gpu-metrics-devices=all --sample=none --cpuctxsw=none -f true
+
+# Only the course's own .venv is set up by make; PYTHON=... means "I have an environment already".
+SETUP := $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/.installed,)
+RUN := BACKEND=$(BACKEND) $(PYTHON)
+
+.PHONY: setup build run-all profile-all report test clean $(STEPS)
+
+setup: $(SETUP)
+
+# torch and torchvision must come from the same index as a matching pair: pip's config here may offer a
+# CPU-only torch wheel next to a torchvision built for CUDA, which then fails to import. So the install
+# ignores pip's local config (find-links, extra indexes) and takes both from the package index.
+# TensorRT is installed where a GPU is present and the package can be had; otherwise BACKEND=auto
+# uses the stand-in.
+$(VENV)/.installed: requirements.txt
+	python3 -m venv $(VENV)
+	env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null \
+	    $(VENV)/bin/python -m pip install -q -r requirements.txt
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+	    $(VENV)/bin/python -m pip install -q 'tensorrt>=10.1,<12' \
+	    || echo "notice: TensorRT could not be installed; BACKEND=auto will use the PyTorch stand-in"; fi
+	touch $@
+
+build: $(SETUP)
+	$(RUN) 0_build.py --precision fp32
+	$(RUN) 0_build.py --precision fp16
+	$(RUN) 0_build.py --precision fp16 --profile 1:16:32 --profile 33:128:128 --name resnet18_fp16_2profiles
+
+run-all: build
+	@set -e; for step in $(STEPS); do echo "== $$step"; $(RUN) $$step.py --reports $(REPORTS) $(STEP_ARGS); done
+	$(MAKE) --no-print-directory report
+
+profile-all: build
+	@command -v $(NSYS) >/dev/null 2>&1 || { echo "error: nsys not found: install Nsight Systems (or put it on PATH), or run make run-all"; exit 1; }
+	@mkdir -p $(REPORTS)
+	@set -e; for step in $(STEPS); do echo "== $$step (nsys)"; \
+	    COURSE_UNDER_NSYS=1 BACKEND=$(BACKEND) $(NSYS) profile $(NSYS_FLAGS) -o $(REPORTS)/$$step \
+	        $(PYTHON) $$step.py --reports $(REPORTS) $(STEP_ARGS); done
+	$(MAKE) --no-print-directory report
+
+report: $(SETUP)
+	$(PYTHON) -m common.report --reports $(REPORTS)
+
+test: $(SETUP)
+	$(PYTHON) -m pytest -q tests
+
+clean:
+	rm -rf $(REPORTS) engines

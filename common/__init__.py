@@ -1,0 +1,1 @@
+"""Plumbing shared by the course's numbered steps: one module per concern."""

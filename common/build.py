@@ -1,0 +1,135 @@
+"""ONNX export and engine building: TensorRT engines, or the PyTorch stand-in's engine file.
+
+Every engine file gets a metadata file beside it (`<engine>.json`) recording what it was built from,
+so that loading a stale or mismatched engine is a clear error rather than a crash or a wrong answer.
+"""
+import argparse
+import datetime
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from common import data
+from common.errors import CourseError
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+ENGINE_DIR = Path("engines")
+WEIGHTS_PATH = ENGINE_DIR / "resnet18_weights.pt"
+TIMING_CACHE_PATH = ENGINE_DIR / "timing.cache"
+METADATA_FORMAT = 1
+ONNX_OPSET = 18  # within what TensorRT 10.0's ONNX parser and every later version accept
+
+
+def engine_path(name, backend):
+    """TensorRT plans end in .plan; the stand-in's files in .torch.pt, so the two never mix."""
+    return ENGINE_DIR / (f"{name}.plan" if backend == "tensorrt" else f"{name}.torch.pt")
+
+
+def metadata_path(engine_file):
+    return Path(f"{engine_file}.json")
+
+
+def save_weights(source, seed, path=WEIGHTS_PATH):
+    """The course's "trained model": every engine and the reference outputs come from this one file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(data.make_weights(source, seed), path)
+    return path
+
+
+def export_onnx(weights_path, precision, onnx_path, max_batch):
+    """Export ResNet-18 with a dynamic batch axis (1..max_batch) through torch.export (the dynamo exporter)."""
+    model = data.load_model(weights_path)
+    if precision == "fp16":
+        model = data.Fp16Compute(model).eval()
+    example = torch.zeros(2, *data.IMAGE_SHAPE)
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(model, (example,), onnx_path, dynamo=True, opset_version=ONNX_OPSET,
+                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},),
+                      external_data=False, verbose=False)  # one self-contained file
+    return onnx_path
+
+
+def build_tensorrt(onnx_path, profiles, workspace_mib, verbose):
+    """Build a serialized TensorRT engine from the ONNX file: strongly typed, one optimization profile per range.
+
+    Returns the plan's bytes. The timing cache (kernel timings from earlier builds) makes rebuilds fast.
+    """
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.INFO if verbose else trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # Strongly typed: precisions come from the ONNX types (TensorRT 11 accepts nothing else).
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(index)) for index in range(parser.num_errors))
+        raise CourseError(f"TensorRT could not parse {onnx_path}: {errors}")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+    cache_bytes = TIMING_CACHE_PATH.read_bytes() if TIMING_CACHE_PATH.exists() else b""
+    timing_cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(timing_cache, False)  # False: a cache from another GPU or version is an error
+    for low, opt, high in profiles:
+        profile = builder.create_optimization_profile()
+        profile.set_shape(INPUT_NAME, (low, *data.IMAGE_SHAPE), (opt, *data.IMAGE_SHAPE), (high, *data.IMAGE_SHAPE))
+        config.add_optimization_profile(profile)
+
+    serialized_engine = builder.build_serialized_network(network, config)
+    if serialized_engine is None:
+        raise CourseError(f"TensorRT could not build an engine from {onnx_path}: see its log above")
+    TIMING_CACHE_PATH.write_bytes(memoryview(config.get_timing_cache().serialize()))
+    return bytes(memoryview(serialized_engine))
+
+
+def build_engine(name, backend, precision, profiles, weights_path, workspace_mib=4096, verbose=False,
+                 device=None):
+    """Export, build and save one engine with its metadata; returns the engine file's path."""
+    started = time.perf_counter()
+    target = engine_path(name, backend)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    onnx_path = ENGINE_DIR / f"resnet18_{precision}.onnx"
+    max_batch = max(high for _, _, high in profiles)
+    print(f"exporting {onnx_path} (ResNet-18, {precision}, batch 1..{max_batch}) ...")
+    export_onnx(weights_path, precision, onnx_path, max_batch)
+    if backend == "tensorrt":
+        print(f"building {target} with TensorRT: profiles {format_profiles(profiles)} ...")
+        target.write_bytes(build_tensorrt(onnx_path, profiles, workspace_mib, verbose))
+        import tensorrt as trt
+        tensorrt_version = trt.__version__
+    else:
+        print(f"writing the PyTorch stand-in's engine {target}: profiles {format_profiles(profiles)} ...")
+        shutil.copyfile(weights_path, target)  # the stand-in's "plan" is the weights themselves
+        tensorrt_version = None
+    metadata = {
+        "format": METADATA_FORMAT, "model": "resnet18", "backend": backend, "precision": precision,
+        "profiles": [list(profile) for profile in profiles], "input": INPUT_NAME, "output": OUTPUT_NAME,
+        "weights_digest": data.file_digest(weights_path), "onnx": str(onnx_path),
+        "tensorrt_version": tensorrt_version, "torch_version": torch.__version__,
+        "device": device[0] if device else None, "compute_capability": device[1] if device else None,
+        "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    metadata_path(target).write_text(json.dumps(metadata, indent=2) + "\n")
+    size_mib = target.stat().st_size / 2**20
+    print(f"built {target} ({size_mib:.1f} MiB) in {time.perf_counter() - started:.1f} s")
+    return target
+
+
+def format_profiles(profiles):
+    return ", ".join(f"batch {low}..{high} (opt {opt})" for low, opt, high in profiles)
+
+
+def parse_profile(text):
+    """'MIN:OPT:MAX' batch sizes, e.g. '1:128:128'; argparse type, so errors are one line."""
+    try:
+        low, opt, high = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a profile is MIN:OPT:MAX batch sizes, e.g. 1:128:128, not {text!r}") from None
+    if not 1 <= low <= opt <= high:
+        raise argparse.ArgumentTypeError(f"a profile needs 1 <= MIN <= OPT <= MAX, not {text!r}")
+    return low, opt, high

@@ -1,0 +1,43 @@
+"""The options every step shares, and the entry point that turns a CourseError into one line."""
+import argparse
+import os
+import sys
+
+from common.errors import CourseError
+
+
+def parser(docstring):
+    """The shared options; a step may add its own before parsing."""
+    summary = docstring.strip().splitlines()[0]
+    arguments = argparse.ArgumentParser(description=summary)
+    arguments.add_argument("--backend", choices=["auto", "tensorrt", "torch"], default=os.environ.get("BACKEND", "auto"),
+                           help="tensorrt, the PyTorch stand-in (torch), or auto: TensorRT if installed (default: "
+                                "$BACKEND or auto)")
+    arguments.add_argument("--engine", help="engine file (default: the step's engine under engines/)")
+    arguments.add_argument("--batches", type=_at_least(3), default=10, help="number of batches (default 10)")
+    arguments.add_argument("--batch-size", type=_at_least(1), default=128, help="images per batch (default 128)")
+    arguments.add_argument("--seed", type=int, default=0, help="seed of the synthetic images (default 0)")
+    arguments.add_argument("--reports", default="reports", help="where the JSON result goes (default reports/)")
+    return arguments
+
+
+def _at_least(minimum):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+    return parse
+
+
+def run(main):
+    """Run a step's main(); a CourseError or an interrupt ends it with one line and a non-zero status."""
+    try:
+        main()
+    except CourseError as error:
+        sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted")

@@ -1,0 +1,146 @@
+"""Thin helpers over cuda-python's runtime API (`cuda.bindings.runtime`), with every call checked.
+
+cuda-python returns `(error, *values)` from each call instead of raising; `check` turns a failure into
+a CourseError whose message says what to do.
+"""
+import ctypes
+
+import numpy as np
+
+from common.errors import CourseError
+
+try:
+    from cuda.bindings import runtime as cudart
+except ImportError as error:  # pragma: no cover - exercised only on a broken install
+    raise CourseError(f"cuda-python is missing ({error}): run `make setup`") from None
+
+_ADVICE = {
+    cudart.cudaError_t.cudaErrorInsufficientDriver: "no usable NVIDIA driver: these scripts need an NVIDIA GPU "
+    "with a driver for CUDA 13 (check `nvidia-smi`)",
+    cudart.cudaError_t.cudaErrorNoDevice: "no CUDA GPU is visible (check `nvidia-smi` and CUDA_VISIBLE_DEVICES)",
+    cudart.cudaError_t.cudaErrorMemoryAllocation: "out of GPU memory: use a smaller --batch-size or free the GPU",
+}
+
+
+def check(result):
+    """Unpack a cuda-python result, raising CourseError on any error; return the value(s)."""
+    error, *values = result
+    if error != cudart.cudaError_t.cudaSuccess:
+        _, name = cudart.cudaGetErrorName(error)
+        advice = _ADVICE.get(error, "a CUDA runtime call failed")
+        raise CourseError(f"{advice} [{name.decode()}]")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def require_gpu():
+    """Fail early, with one line, where there is no GPU; return the device's name."""
+    count = check(cudart.cudaGetDeviceCount())
+    if count == 0:
+        raise CourseError(_ADVICE[cudart.cudaError_t.cudaErrorNoDevice])
+    properties = check(cudart.cudaGetDeviceProperties(0))
+    return properties.name.decode().rstrip("\x00"), f"{properties.major}.{properties.minor}"
+
+
+def malloc(nbytes):
+    """Device memory: returns the address as an int."""
+    return check(cudart.cudaMalloc(nbytes))
+
+
+def free(address):
+    check(cudart.cudaFree(address))
+
+
+def pinned_empty(shape, dtype):
+    """A numpy array in page-locked (pinned) host memory, which the GPU's copy engines read directly.
+
+    The memory is freed when the process exits; the course allocates it once per run.
+    """
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    address = check(cudart.cudaMallocHost(nbytes))
+    buffer = (ctypes.c_byte * nbytes).from_address(address)
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+def is_pinned(array):
+    """True when the array's memory is page-locked host memory registered with CUDA."""
+    attributes = check(cudart.cudaPointerGetAttributes(array.ctypes.data))
+    return attributes.type == cudart.cudaMemoryType.cudaMemoryTypeHost
+
+
+def memcpy_htod(device_address, host_array):
+    check(cudart.cudaMemcpy(device_address, host_array.ctypes.data, host_array.nbytes,
+                            cudart.cudaMemcpyKind.cudaMemcpyHostToDevice))
+
+
+def memcpy_dtoh(host_array, device_address):
+    check(cudart.cudaMemcpy(host_array.ctypes.data, device_address, host_array.nbytes,
+                            cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost))
+
+
+def memcpy_htod_async(device_address, host_array, stream):
+    check(cudart.cudaMemcpyAsync(device_address, host_array.ctypes.data, host_array.nbytes,
+                                 cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, stream))
+
+
+def memcpy_dtoh_async(host_array, device_address, stream):
+    check(cudart.cudaMemcpyAsync(host_array.ctypes.data, device_address, host_array.nbytes,
+                                 cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream))
+
+
+def create_stream():
+    """A non-blocking stream (no implicit sync with the legacy default stream), as the int handle that
+    TensorRT's execute_async_v3 and cuda-python's calls both take."""
+    return int(check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking)))
+
+
+def synchronize(stream):
+    check(cudart.cudaStreamSynchronize(stream))
+
+
+def create_event():
+    """An event used only for ordering, not timing: disabling timing makes record/wait cheaper."""
+    return check(cudart.cudaEventCreateWithFlags(cudart.cudaEventDisableTiming))
+
+
+def record(event, stream):
+    check(cudart.cudaEventRecord(event, stream))
+
+
+def wait(stream, event):
+    """Make `stream` wait (on the GPU, not the host) until `event` has happened."""
+    check(cudart.cudaStreamWaitEvent(stream, event, 0))
+
+
+def event_synchronize(event):
+    check(cudart.cudaEventSynchronize(event))
+
+
+def pinned_copy(array):
+    """A page-locked copy of a host array."""
+    pinned = pinned_empty(array.shape, array.dtype)
+    pinned[...] = array
+    return pinned
+
+
+def begin_capture(stream):
+    """Start recording the stream's work into a graph instead of running it.
+
+    Thread-local mode: only this thread's unsafe calls (a cudaMalloc, say) invalidate the capture;
+    other threads, such as an output thread waiting on an event, cannot break it by accident.
+    """
+    check(cudart.cudaStreamBeginCapture(stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
+
+
+def end_capture(stream):
+    """Stop recording; returns the executable graph (raises CourseError if the capture was invalidated)."""
+    graph = check(cudart.cudaStreamEndCapture(stream))
+    try:
+        return check(cudart.cudaGraphInstantiate(graph, 0))
+    finally:
+        check(cudart.cudaGraphDestroy(graph))  # the executable graph is independent of its template
+
+
+def launch_graph(graph_exec, stream):
+    check(cudart.cudaGraphLaunch(graph_exec, stream))

@@ -1,0 +1,161 @@
+"""Load an engine file, TensorRT or the PyTorch stand-in, check it against what it was built from, and
+describe its I/O tensors.
+"""
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from common import build, data
+from common.errors import CourseError
+
+SUPPORTED_TENSORRT = (10, 11)
+
+
+def resolve_backend(requested):
+    """'tensorrt' or 'torch'. auto means TensorRT where it can be imported, else the stand-in, with a notice."""
+    if requested == "torch":
+        return "torch"
+    try:
+        import tensorrt as trt
+    except ImportError as error:
+        if requested == "tensorrt":
+            raise CourseError(f"TensorRT cannot be imported ({error}): install TensorRT 10 or 11 "
+                              "(see README), or use --backend torch") from None
+        print("notice: TensorRT is not installed; using the PyTorch stand-in engine "
+              "(its figures are PyTorch's, not TensorRT's)", file=sys.stderr)
+        return "torch"
+    if int(trt.__version__.split(".")[0]) not in SUPPORTED_TENSORRT:
+        raise CourseError(f"TensorRT {trt.__version__} is not supported: the course needs TensorRT 10.x or 11.x")
+    return "tensorrt"
+
+
+def backend_label(backend):
+    if backend == "tensorrt":
+        import tensorrt as trt
+        return f"TensorRT {trt.__version__}"
+    import torch
+    return f"PyTorch stand-in (torch {torch.__version__}), not TensorRT"
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """One I/O tensor: its name, its shape with -1 for the dynamic batch axis, and its numpy dtype."""
+    name: str
+    shape: tuple
+    dtype: np.dtype
+
+    def shape_for(self, batch_size):
+        return (batch_size, *self.shape[1:])
+
+    def nbytes(self, batch_size):
+        return int(np.prod(self.shape_for(batch_size))) * self.dtype.itemsize
+
+
+@dataclasses.dataclass
+class LoadedEngine:
+    engine: object  # tensorrt.ICudaEngine, or the stand-in's TorchEngine
+    metadata: dict
+    path: Path
+    backend: str
+    input: TensorSpec
+    output: TensorSpec
+    runtime: object = None  # TensorRT's runtime must outlive the engines it deserialized
+
+    @property
+    def label(self):
+        return backend_label(self.backend)
+
+    @property
+    def profiles(self):
+        return [tuple(profile) for profile in self.metadata["profiles"]]
+
+    def profile_for(self, batch_size):
+        """Index of the first optimization profile whose batch range holds batch_size."""
+        for index, (low, _, high) in enumerate(self.profiles):
+            if low <= batch_size <= high:
+                return index
+        raise CourseError(f"batch size {batch_size} is outside every profile of {self.path} "
+                          f"({build.format_profiles(self.profiles)}): use a batch size in range or rebuild "
+                          "with 0_build.py --profile MIN:OPT:MAX")
+
+
+def load(backend, path, precision, device):
+    """Load and check an engine file; `device` is (name, compute capability) of this GPU."""
+    path = Path(path)
+    metadata = _read_metadata(path)
+    _check_metadata(metadata, path, backend, precision, device)
+    if backend == "tensorrt":
+        engine, runtime = _deserialize_tensorrt(path)
+        nptype = _tensorrt_nptype
+    else:
+        from common import torch_engine
+        engine = torch_engine.load_torch_engine(path, precision, metadata["profiles"])
+        runtime, nptype = None, torch_engine.nptype
+    specs = _describe_io(engine, nptype)
+    return LoadedEngine(engine, metadata, path, backend, specs["input"], specs["output"], runtime)
+
+
+def _read_metadata(path):
+    if not path.exists():
+        raise CourseError(f"{path} not found: build it first (`make build`, or python 0_build.py --help)")
+    metadata_file = build.metadata_path(path)
+    if not metadata_file.exists():
+        raise CourseError(f"{path} has no metadata file {metadata_file}: rebuild it with 0_build.py")
+    try:
+        return json.loads(metadata_file.read_text())
+    except json.JSONDecodeError as error:
+        raise CourseError(f"{metadata_file} is not valid JSON ({error}): rebuild the engine with 0_build.py") from None
+
+
+def _check_metadata(metadata, path, backend, precision, device):
+    """Each mismatch that would crash or give a silently wrong answer becomes a one-line error."""
+    rebuild = "rebuild it with `make build` or 0_build.py"
+    if metadata.get("format") != build.METADATA_FORMAT:
+        raise CourseError(f"{path} was written by another version of this course: {rebuild}")
+    if metadata["backend"] != backend:
+        raise CourseError(f"{path} is a {metadata['backend']} engine but the backend is {backend}: "
+                          f"pass --backend {metadata['backend']} or use another engine")
+    if metadata["precision"] != precision:
+        raise CourseError(f"this step needs an {precision} engine but {path} is {metadata['precision']}: "
+                          f"pass the {precision} engine or {rebuild}")
+    if backend == "tensorrt":
+        import tensorrt as trt
+        if metadata["tensorrt_version"] != trt.__version__:
+            raise CourseError(f"{path} was built with TensorRT {metadata['tensorrt_version']} but TensorRT "
+                              f"{trt.__version__} is installed (engines do not move between versions): {rebuild}")
+        if metadata["compute_capability"] != device[1]:
+            raise CourseError(f"{path} was built for a GPU of compute capability {metadata['compute_capability']} "
+                              f"({metadata['device']}), this one is {device[1]} ({device[0]}): {rebuild}")
+    if not build.WEIGHTS_PATH.exists():
+        raise CourseError(f"{build.WEIGHTS_PATH} not found: {rebuild}")
+    if metadata["weights_digest"] != data.file_digest(build.WEIGHTS_PATH):
+        raise CourseError(f"{path} was built from other weights than {build.WEIGHTS_PATH}, so the reference "
+                          f"outputs would not match: {rebuild}")
+
+
+def _deserialize_tensorrt(path):
+    import tensorrt as trt
+    logger = trt.Logger(trt.Logger.WARNING)
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(path.read_bytes())
+    if engine is None:
+        raise CourseError(f"TensorRT could not load {path} (see its log above): rebuild it with `make build`")
+    return engine, runtime
+
+
+def _tensorrt_nptype(dtype):
+    import tensorrt as trt
+    return trt.nptype(dtype)
+
+
+def _describe_io(engine, nptype):
+    """The engine's I/O tensors by their role; the course's ResNet-18 has one input and one output."""
+    specs = {}
+    for index in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(index)
+        role = "input" if engine.get_tensor_mode(name).name == "INPUT" else "output"
+        specs[role] = TensorSpec(name, tuple(engine.get_tensor_shape(name)), np.dtype(nptype(engine.get_tensor_dtype(name))))
+    return specs

@@ -1,0 +1,122 @@
+"""Timing, the output check against the PyTorch reference, and each step's JSON result."""
+import datetime
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import nvtx
+from common.errors import CourseError
+
+TIMED_BATCHES = 3  # the source tutorial times the last three batches: warm-up effects are over by then
+
+# Pass criteria per engine precision: relative L2 error of all logits, and top-1 agreement with the fp32
+# reference. fp32 allows TF32 tensor-core math (TensorRT's and PyTorch's default for fp32 convolutions).
+TOLERANCES = {
+    "fp32": {"max_rel_err": 5e-3, "min_top1": 0.99},
+    "fp16": {"max_rel_err": 2e-2, "min_top1": 0.97},
+}
+
+
+class Timer:
+    """Host wall time of all batches and of the last three, with an NVTX range around the timed window.
+
+    The window opens when the third-to-last batch starts and closes after the last output is processed,
+    so it always includes the work a step leaves in flight. Safe to call from several threads.
+    """
+
+    def __init__(self, batches):
+        self._first_timed = batches - TIMED_BATCHES
+        self._lock = threading.Lock()
+        self._started = self._window_started = self._stopped = None
+        self._window_range = None
+
+    def start_batch(self, index):
+        with self._lock:
+            now = time.perf_counter()
+            if self._started is None:
+                self._started = now
+            if index == self._first_timed:
+                self._window_started = now
+                self._window_range = nvtx.start(f"last {TIMED_BATCHES} batches")
+
+    def stop(self):
+        self._stopped = time.perf_counter()
+        nvtx.end(self._window_range)
+
+    @property
+    def last3_ms(self):
+        return (self._stopped - self._window_started) * 1e3
+
+    @property
+    def total_ms(self):
+        return (self._stopped - self._started) * 1e3
+
+
+def describe_predictions(logits, top=5):
+    """Output processing: softmax and the top classes of every image; returns a line for the first image."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+    best = np.argsort(-probabilities, axis=1)[:, :top]
+    first = ", ".join(f"{label} ({probabilities[0, label]:.3f})" for label in best[0])
+    return f"{len(logits)} images; first image's top-{top}: {first}"
+
+
+def check_outputs(outputs, reference, precision):
+    """Compare every batch's logits with the fp32 PyTorch reference; returns a dict with the verdict."""
+    got, want = np.concatenate(outputs), np.concatenate(reference)
+    tolerance = TOLERANCES[precision]
+    max_abs_err = float(np.abs(got - want).max())
+    rel_err = float(np.linalg.norm(got - want) / np.linalg.norm(want))
+    top1 = float((got.argmax(axis=1) == want.argmax(axis=1)).mean())
+    passed = bool(np.isfinite(got).all() and rel_err <= tolerance["max_rel_err"] and top1 >= tolerance["min_top1"])
+    summary = (f"relative error {rel_err:.1e} (limit {tolerance['max_rel_err']:.0e}), max abs error "
+               f"{max_abs_err:.1e}, top-1 agreement {top1:.2%} (limit {tolerance['min_top1']:.0%})")
+    return {"passed": passed, "max_abs_err": max_abs_err, "rel_err": rel_err, "top1_agreement": top1,
+            "tolerance": tolerance, "summary": summary}
+
+
+def finish(docstring, args, run, timer, outputs, images=None):
+    """Check the outputs, print the step's figures, write reports/<step>.json; fail if the check failed."""
+    stem = Path(sys.argv[0]).stem
+    title, _, lesson = docstring.strip().splitlines()[0].partition(": ")
+    images = images if images is not None else TIMED_BATCHES * args.batch_size
+    loaded, device = run.loaded, run.device
+    check = check_outputs(outputs, run.reference, loaded.metadata["precision"])
+    result = {
+        "step": int(stem.split("_")[0]), "stem": stem, "title": title, "lesson": lesson,
+        "backend": loaded.backend, "backend_label": loaded.label, "engine": str(loaded.path),
+        "precision": loaded.metadata["precision"], "device": device[0], "batches": args.batches,
+        "batch_size": args.batch_size, "last3_ms": timer.last3_ms, "total_ms": timer.total_ms,
+        "images_per_s": images / timer.last3_ms * 1e3, "check": check,
+        "under_nsys": os.environ.get("COURSE_UNDER_NSYS") == "1",
+        "command": " ".join(["python", *sys.argv]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+    }
+    Path(args.reports).mkdir(parents=True, exist_ok=True)
+    Path(args.reports, f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{stem} [{loaded.label}, {device[0]}]\n"
+          f"  last {TIMED_BATCHES} batches: {timer.last3_ms:.2f} ms ({timer.last3_ms / TIMED_BATCHES:.2f} ms per batch, "
+          f"{result['images_per_s']:.0f} images/s); all {args.batches} batches: {timer.total_ms:.2f} ms\n"
+          f"  outputs vs reference: {'match' if check['passed'] else 'DIFFER'}: {check['summary']}")
+    if not check["passed"]:
+        raise CourseError(f"{stem}'s outputs differ from the PyTorch reference ({check['summary']})")
+    return result
+
+
+def _versions():
+    versions = {"python": platform.python_version()}
+    for module in ("torch", "tensorrt", "numpy"):
+        versions[module] = getattr(sys.modules.get(module), "__version__", None)
+    try:
+        from cuda import bindings
+        versions["cuda_bindings"] = bindings.__version__
+    except (ImportError, AttributeError):
+        versions["cuda_bindings"] = None
+    return versions

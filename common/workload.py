@@ -1,0 +1,32 @@
+"""What every step does before its lesson: check the GPU, load the engine, make the batches and the reference."""
+import dataclasses
+
+from common import build, cuda, data, engine as engines
+
+
+@dataclasses.dataclass
+class Workload:
+    engine: object  # tensorrt.ICudaEngine, or the stand-in's TorchEngine: the same interface
+    input: engines.TensorSpec
+    output: engines.TensorSpec
+    loaded: engines.LoadedEngine
+    device: tuple  # (GPU name, compute capability)
+    batches: list
+    reference: list
+
+
+def prepare(args, engine_name, precision, batches=None):
+    """Everything a step needs, checked, so that its main() holds only its lesson.
+
+    `batches` overrides the default workload (args.batches batches of args.batch_size images).
+    """
+    backend = engines.resolve_backend(args.backend)
+    device = cuda.require_gpu()
+    path = args.engine or build.engine_path(engine_name, backend)
+    loaded = engines.load(backend, path, precision, device)
+    if batches is None:
+        batches = data.make_batches(args.batches, args.batch_size, args.seed)
+    for images in batches:
+        loaded.profile_for(len(images))  # fails early, with one line, on a batch no profile can take
+    reference = data.reference_logits(build.WEIGHTS_PATH, batches, build.ENGINE_DIR / "cache")
+    return Workload(loaded.engine, loaded.input, loaded.output, loaded, device, batches, reference)

@@ -1,0 +1,119 @@
+"""CPU tier: the ONNX exports match PyTorch, and engine files carry metadata that loading checks."""
+import json
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+from common import build, data, engine
+from common.errors import CourseError
+from conftest import run_script
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The stand-in's fp32 and fp16 engines, built by 0_build.py in a scratch directory (no GPU needed)."""
+    workdir = tmp_path_factory.mktemp("course")
+    for precision in ("fp32", "fp16"):
+        result = run_script("0_build.py", "--backend", "torch", "--precision", precision, cwd=workdir)
+        assert result.returncode == 0, result.stderr
+    return workdir
+
+
+def onnx_logits(path, images):
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {build.INPUT_NAME: images})[0]
+
+
+def torch_logits(weights_path, images):
+    with torch.inference_mode():
+        return data.load_model(weights_path)(torch.from_numpy(images)).numpy()
+
+
+@pytest.mark.parametrize("precision, max_rel_err", [("fp32", 1e-5), ("fp16", 5e-3)])
+def test_onnx_export_matches_pytorch(built, precision, max_rel_err):
+    images = data.make_batches(1, 3, seed=1)[0]  # batch 3: not the export's example batch of 2
+    want = torch_logits(built / build.WEIGHTS_PATH, images)
+    got = onnx_logits(built / build.ENGINE_DIR / f"resnet18_{precision}.onnx", images)
+    assert got.shape == want.shape == (3, 1000)
+    assert got.dtype == np.float32  # fp16 compute, fp32 outputs: the host code stays the same
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < max_rel_err
+    assert (got.argmax(1) == want.argmax(1)).all()
+
+
+def test_metadata_records_what_the_engine_was_built_from(built):
+    metadata = json.loads((built / "engines/resnet18_fp16.torch.pt.json").read_text())
+    assert metadata["backend"] == "torch" and metadata["precision"] == "fp16"
+    assert metadata["profiles"] == [[1, 128, 128]]
+    assert metadata["tensorrt_version"] is None
+    assert metadata["weights_digest"] == data.file_digest(built / build.WEIGHTS_PATH)
+
+
+def test_second_build_is_skipped_when_up_to_date(built):
+    result = run_script("0_build.py", "--backend", "torch", "--precision", "fp16", cwd=built)
+    assert result.returncode == 0 and "is up to date" in result.stdout
+
+
+@pytest.mark.parametrize("profile, message", [("1:128", "MIN:OPT:MAX"), ("64:16:128", "MIN <= OPT <= MAX")])
+def test_bad_profile_is_one_line(built, profile, message):
+    result = run_script("0_build.py", "--backend", "torch", "--profile", profile, cwd=built)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def check(built, monkeypatch, path, backend="torch", precision="fp16", device=("GPU", "9.0")):
+    monkeypatch.chdir(built)
+    metadata = engine._read_metadata(build.engine_path("resnet18_fp16", "torch") if path is None else path)
+    engine._check_metadata(metadata, path, backend, precision, device)
+
+
+def test_matching_engine_passes_the_checks(built, monkeypatch):
+    check(built, monkeypatch, build.engine_path("resnet18_fp16", "torch"))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(precision="fp32"), "this step needs an fp32 engine but"),
+    (dict(backend="tensorrt"), "is a torch engine but the backend is tensorrt"),
+])
+def test_mismatched_engine_is_a_clear_error(built, monkeypatch, change, message):
+    with pytest.raises(CourseError, match=message):
+        check(built, monkeypatch, build.engine_path("resnet18_fp16", "torch"), **change)
+
+
+def test_engine_from_other_weights_is_refused(built, monkeypatch, tmp_path):
+    stale = tmp_path / "stale.torch.pt"
+    stale.write_bytes(b"")
+    metadata = json.loads((built / "engines/resnet18_fp16.torch.pt.json").read_text())
+    build.metadata_path(stale).write_text(json.dumps({**metadata, "weights_digest": "0" * 16}))
+    with pytest.raises(CourseError, match="built from other weights"):
+        check(built, monkeypatch, stale)
+
+
+def test_engine_from_another_tensorrt_version_is_refused(built, monkeypatch, tmp_path):
+    """Checked on the metadata alone, with a stand-in `tensorrt` module: TensorRT cannot be installed here."""
+    import sys
+    import types
+    plan = tmp_path / "old.plan"
+    plan.write_bytes(b"")
+    metadata = json.loads((built / "engines/resnet18_fp16.torch.pt.json").read_text())
+    build.metadata_path(plan).write_text(json.dumps({**metadata, "backend": "tensorrt", "tensorrt_version": "10.1.0",
+                                                     "compute_capability": "9.0"}))
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="11.4.0"))
+    with pytest.raises(CourseError, match="built with TensorRT 10.1.0 but TensorRT 11.4.0 is installed"):
+        check(built, monkeypatch, plan, backend="tensorrt")
+
+
+@pytest.mark.parametrize("files, message", [(("engine",), "has no metadata file"), ((), "not found: build it first")])
+def test_missing_engine_or_metadata_is_a_clear_error(tmp_path, files, message):
+    path = tmp_path / "x.plan"
+    if "engine" in files:
+        path.write_bytes(b"")
+    with pytest.raises(CourseError, match=message):
+        engine._read_metadata(path)
+
+
+def test_batch_outside_every_profile_is_refused():
+    loaded = engine.LoadedEngine(None, {"profiles": [[1, 16, 32], [33, 128, 128]]}, "e.plan", "torch", None, None)
+    assert loaded.profile_for(16) == 0 and loaded.profile_for(64) == 1
+    with pytest.raises(CourseError, match="batch size 200 is outside every profile"):
+        loaded.profile_for(200)

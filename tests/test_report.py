@@ -1,0 +1,504 @@
+"""Tests of common/report.py (the summary, ladder and timelines) and tools/trim_nsys_sqlite.py.
+
+The traces are real Nsight Systems SQLite exports made on the lent H100 (nsys 2025.3.1) and trimmed
+with tools/trim_nsys_sqlite.py:
+- tests/fixtures/nsys/<stem>.sqlite and <stem>.json: the course's own steps, from `make profile-all`;
+- tests/fixtures/nsys_probe/<name>.sqlite: a probe that uses the course's NVTX conventions (a baseline, two
+  streams with an output thread, a CUDA graph; README.md there), with the CSVs of nsys's own
+  `nsys stats --filter-nvtx "last 3 batches"` beside each.
+Every figure the report derives is recomputed here another way: SQL that names copy kinds through the
+export's own enum table, launches counted through the kernels they started, a sweep over start/end
+events for the shares of time, and nsys stats. One small hand-made database in the older documented
+layout (NVTX text inline, no memset table) checks the arithmetic against figures worked out by hand.
+"""
+import csv
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common import report
+from common.errors import CourseError
+from tools import trim_nsys_sqlite
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures"
+COURSE_FIXTURES = FIXTURES / "nsys"  # the course's steps, profiled on the H100
+PROBE_FIXTURES = FIXTURES / "nsys_probe"
+EXAMPLE_RESULTS = REPO / "results" / "h100-torch"
+PROBE_STEPS = {"baseline": (1, "1_baseline"), "overlap": (5, "5_multi_streams"), "graph": (7, "7_cuda_graph")}
+FIXTURE_SIZE_LIMIT = 2_000_000  # bytes: fixtures are committed
+
+
+def course_trace(pattern):
+    """The course fixture matching a stem pattern ('7_*'), or a skip that names the missing file."""
+    found = sorted(COURSE_FIXTURES.glob(f"{pattern}.sqlite"))
+    if not found:
+        pytest.skip(f"missing real fixture {COURSE_FIXTURES.relative_to(REPO)}/{pattern}.sqlite "
+                    "(make profile-all on a GPU, then tools/trim_nsys_sqlite.py)")
+    return found[0]
+
+
+def all_real_traces():
+    missing = pytest.param(None, marks=pytest.mark.skip(
+        reason=f"missing real fixtures {COURSE_FIXTURES.relative_to(REPO)}/<stem>.sqlite"))
+    course = sorted(COURSE_FIXTURES.glob("*.sqlite")) or [missing]
+    return sorted(PROBE_FIXTURES.glob("*.sqlite")) + course
+
+
+def fixture_id(path):
+    return f"{path.parent.name}/{path.stem}" if path else "course"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Independent computations
+
+
+def independent_window(db):
+    """The last "last 3 batches" range, found by scanning every NVTX event's text in Python."""
+    text_id = "textId" in {row[1] for row in db.execute("PRAGMA table_info(NVTX_EVENTS)")}
+    strings = dict(db.execute("SELECT id, value FROM StringIds"))
+    events = db.execute(f"SELECT start, end, text{', textId' if text_id else ''} FROM NVTX_EVENTS").fetchall()
+    windows = [(e[0], e[1]) for e in events if e[1] is not None
+               and (e[2] or (strings.get(e[3]) if text_id else None)) == "last 3 batches"]
+    return max(windows)
+
+
+def copy_ns(db, window, label):
+    """Summed duration of the copies of one kind, named through the export's ENUM_CUDA_MEMCPY_OPER."""
+    return db.execute(
+        "SELECT COALESCE(SUM(m.end - m.start), 0) FROM CUPTI_ACTIVITY_KIND_MEMCPY AS m "
+        "JOIN ENUM_CUDA_MEMCPY_OPER AS o ON o.id = m.copyKind WHERE o.label = ? AND m.start < ? AND m.end > ?",
+        (label, window[1], window[0])).fetchone()[0]
+
+
+def launches_that_started(db, window, graph):
+    """API calls in the window that started kernels, counted through the kernels' correlation ids."""
+    return db.execute(
+        "SELECT COUNT(DISTINCT r.correlationId) FROM CUPTI_ACTIVITY_KIND_RUNTIME AS r "
+        "JOIN CUPTI_ACTIVITY_KIND_KERNEL AS k ON k.correlationId = r.correlationId "
+        f"WHERE r.start < ? AND r.end > ? AND k.graphNodeId IS {'NOT ' if graph else ''}NULL",
+        (window[1], window[0])).fetchone()[0]
+
+
+def sweep_shares(db, window):
+    """(GPU idle %, copy overlapped with compute %) by sweeping start/end events across the window."""
+    events = []
+    for table, kind in (("CUPTI_ACTIVITY_KIND_KERNEL", "kernel"), ("CUPTI_ACTIVITY_KIND_MEMCPY", "copy"),
+                        ("CUPTI_ACTIVITY_KIND_MEMSET", "memset")):
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone():
+            for start, end in db.execute(f"SELECT start, end FROM {table}"):
+                start, end = max(start, window[0]), min(end, window[1])
+                if start < end:
+                    events += [(start, 1, kind), (end, -1, kind)]
+    active = {"kernel": 0, "copy": 0, "memset": 0}
+    busy = copying = overlapped = 0
+    previous = window[0]
+    for time, change, kind in sorted(events):
+        span = time - previous
+        busy += span if any(active.values()) else 0
+        copying += span if active["copy"] else 0
+        overlapped += span if active["copy"] and active["kernel"] else 0
+        active[kind] += change
+        previous = time
+    idle_pct = 100 * (1 - busy / (window[1] - window[0]))
+    return idle_pct, (100 * overlapped / copying if copying else None)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The report's figures on real traces
+
+
+@pytest.mark.parametrize("database", all_real_traces(), ids=fixture_id)
+def test_trace_figures_match_independent_computation(database):
+    trace = report.read_trace(database)
+    figures = report.trace_figures(trace)
+    db = sqlite3.connect(database)
+    window = independent_window(db)
+    assert trace.window == window
+    kernel_ns = db.execute("SELECT SUM(end - start) FROM CUPTI_ACTIVITY_KIND_KERNEL WHERE start < ? AND end > ?",
+                           (window[1], window[0])).fetchone()[0]
+    idle_pct, overlap_pct = sweep_shares(db, window)
+
+    assert figures.h2d_ms == pytest.approx(copy_ns(db, window, "Host-to-Device") / 3e6, rel=1e-12)
+    assert figures.d2h_ms == pytest.approx(copy_ns(db, window, "Device-to-Host") / 3e6, rel=1e-12)
+    assert figures.kernel_ms == pytest.approx(kernel_ns / 3e6, rel=1e-12)
+    assert figures.kernel_launches == launches_that_started(db, window, graph=False) / 3
+    assert figures.graph_launches == launches_that_started(db, window, graph=True) / 3
+    assert figures.gpu_idle_pct == pytest.approx(idle_pct, abs=1e-9)
+    assert figures.copy_overlap_pct == pytest.approx(overlap_pct, abs=1e-9)
+
+
+def nsys_stats(database, report_name):
+    path = database.with_name(f"{database.stem}.{report_name}.csv")
+    if not path.exists():
+        pytest.skip(f"missing {path.relative_to(REPO)} (nsys stats -r {report_name} --filter-nvtx 'last 3 batches')")
+    return list(csv.DictReader(path.open()))
+
+
+@pytest.mark.parametrize("database", all_real_traces(), ids=fixture_id)
+def test_trace_figures_match_nsys_stats(database):
+    """nsys's own reports, filtered to the same NVTX range, give the same totals."""
+    figures = report.trace_figures(report.read_trace(database))
+    kernels = nsys_stats(database, "cuda_gpu_kern_sum")
+    copies = {row["Operation"]: int(row["Total Time (ns)"]) for row in nsys_stats(database, "cuda_gpu_mem_time_sum")}
+    calls = {}
+    for row in nsys_stats(database, "cuda_api_sum"):
+        name = re.sub(r"_v\d+$", "", row["Name"])
+        calls[name] = calls.get(name, 0) + int(row["Num Calls"])
+
+    assert figures.kernel_ms * 3e6 == pytest.approx(sum(int(row["Total Time (ns)"]) for row in kernels), rel=1e-12)
+    assert figures.h2d_ms * 3e6 == pytest.approx(copies.get("[CUDA memcpy Host-to-Device]", 0), rel=1e-12)
+    assert figures.d2h_ms * 3e6 == pytest.approx(copies.get("[CUDA memcpy Device-to-Host]", 0), rel=1e-12)
+    assert figures.kernel_launches * 3 == sum(calls.get(name, 0) for name in report.KERNEL_LAUNCH_CALLS)
+    assert figures.graph_launches * 3 == sum(calls.get(name, 0) for name in report.GRAPH_LAUNCH_CALLS)
+
+
+def test_probe_traces_show_what_each_technique_changes():
+    figures = {path.stem: report.trace_figures(report.read_trace(path)) for path in PROBE_FIXTURES.glob("*.sqlite")}
+    assert figures["baseline"].kernel_launches > 50 and figures["baseline"].graph_launches == 0
+    assert figures["baseline"].copy_overlap_pct == 0  # synchronous copies never meet a kernel
+    assert figures["overlap"].copy_overlap_pct > 50  # the copy stream runs under the compute stream
+    assert figures["graph"].graph_launches == 1 and figures["graph"].kernel_launches == 0
+
+
+def test_cuda_graph_step_launches_one_graph_per_batch():
+    figures = report.trace_figures(report.read_trace(course_trace("7_*")))
+    assert figures.graph_launches == pytest.approx(1, abs=0.34)  # ~1 a batch
+    assert figures.kernel_launches < 10  # instead of one launch per kernel
+
+
+def test_baseline_step_launches_every_kernel_and_overlaps_nothing():
+    figures = report.trace_figures(report.read_trace(course_trace("1_*")))
+    assert figures.kernel_launches > 10 and figures.graph_launches == 0
+    assert figures.copy_overlap_pct in (0, None)
+
+
+def test_two_stream_step_overlaps_copies_with_compute():
+    one_stream = report.trace_figures(report.read_trace(course_trace("4_*")))
+    two_streams = report.trace_figures(report.read_trace(course_trace("5_*")))
+    assert two_streams.copy_overlap_pct > (one_stream.copy_overlap_pct or 0) + 10
+
+
+# ---------------------------------------------------------------------------------------------------
+# An export in the older documented layout (Nsight Systems "SQLite Export Schema Reference", 2021):
+# NVTX text inline with no textId or domainId column, no memset, thread-name or metadata table.
+# Times in ms * 1e6 so the expected figures can be worked out by hand.
+
+MS = 1_000_000
+
+
+def make_old_layout_export(path, with_window=True):
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE StringIds (id INTEGER PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE NVTX_EVENTS (start INT NOT NULL, end INT, eventType INT NOT NULL, rangeId INT,
+                                  category INT, color INT, text TEXT, globalTid INT);
+        CREATE TABLE CUPTI_ACTIVITY_KIND_KERNEL (start INT NOT NULL, end INT NOT NULL, deviceId INT, contextId INT,
+                                                 streamId INT NOT NULL, correlationId INT, shortName INT);
+        CREATE TABLE CUPTI_ACTIVITY_KIND_MEMCPY (start INT NOT NULL, end INT NOT NULL, streamId INT NOT NULL,
+                                                 correlationId INT, copyKind INT NOT NULL, bytes INT);
+        CREATE TABLE CUPTI_ACTIVITY_KIND_RUNTIME (start INT NOT NULL, end INT NOT NULL, globalTid INT,
+                                                  correlationId INT, nameId INT NOT NULL, returnValue INT);
+    """)
+    thread = (4242 << 24) + 4242  # the main thread of process 4242
+    db.executemany("INSERT INTO StringIds VALUES (?, ?)", [
+        (1, "cudaLaunchKernel_v7000"), (2, "cuLaunchKernel"), (3, "cudaGraphLaunch_v10000"),
+        (4, "cudaMemcpyAsync_v3020")])
+    nvtx = [(11 * MS, 19 * MS, 59, "batch 0"), (11 * MS, 13 * MS, 59, "h2d"), (1 * MS, None, 34, "a mark")]
+    if with_window:
+        nvtx.append((10 * MS, 40 * MS, 60, "last 3 batches"))
+    db.executemany("INSERT INTO NVTX_EVENTS (start, end, eventType, text, globalTid) VALUES (?, ?, ?, ?, ?)",
+                   [(*event, thread) for event in nvtx])
+    db.executemany("INSERT INTO CUPTI_ACTIVITY_KIND_KERNEL (start, end, streamId) VALUES (?, ?, ?)", [
+        (11 * MS, 20 * MS, 2), (38 * MS, 45 * MS, 2), (50 * MS, 51 * MS, 2)])
+    db.executemany("INSERT INTO CUPTI_ACTIVITY_KIND_MEMCPY (start, end, streamId, copyKind) VALUES (?, ?, ?, ?)", [
+        (8 * MS, 12 * MS, 1, 1), (15 * MS, 17 * MS, 1, 1), (21 * MS, 22 * MS, 2, 2), (25 * MS, 26 * MS, 2, 8)])
+    db.executemany("INSERT INTO CUPTI_ACTIVITY_KIND_RUNTIME (start, end, globalTid, nameId) VALUES (?, ?, ?, ?)", [
+        (12 * MS, 12 * MS + 5, thread, 1), (13 * MS, 13 * MS + 5, thread, 1), (14 * MS, 14 * MS + 5, thread, 2),
+        (15 * MS, 15 * MS + 5, thread, 3), (16 * MS, 16 * MS + 5, thread, 3), (17 * MS, 17 * MS + 5, thread, 3),
+        (18 * MS, 18 * MS + 5, thread, 4), (41 * MS, 41 * MS + 5, thread, 1)])
+    db.commit()
+    db.close()
+    return path
+
+
+def test_figures_of_an_old_layout_export_worked_out_by_hand(tmp_path):
+    trace = report.read_trace(make_old_layout_export(tmp_path / "old.sqlite"))
+    figures = report.trace_figures(trace)
+    # Window 10..40 ms. H2D: 8..12 (overlaps the start, counted whole) and 15..17; D2D is neither H2D nor D2H.
+    assert figures.h2d_ms == pytest.approx((4 + 2) / 3)
+    assert figures.d2h_ms == pytest.approx(1 / 3)
+    assert figures.kernel_ms == pytest.approx((9 + 7) / 3)  # 11..20 and 38..45; 50..51 is outside
+    # Busy inside the window: 10..20, 21..22, 25..26, 38..40 = 14 of 30 ms.
+    assert figures.gpu_idle_pct == pytest.approx(100 * 16 / 30)
+    # Copies inside: 10..12, 15..17, 21..22, 25..26 = 6 ms, of which 11..12 and 15..17 under a kernel = 3 ms.
+    assert figures.copy_overlap_pct == pytest.approx(50)
+    assert figures.kernel_launches == 1  # 2 runtime + 1 driver launch in the window; one more outside
+    assert figures.graph_launches == 1
+    assert [r.name for r in trace.ranges] == ["last 3 batches", "batch 0", "h2d"]  # the mark is no range
+    assert trace.thread_names == {} and trace.null_streams == set() and trace.nsys_version == "unknown"
+
+
+def test_timeline_of_an_old_layout_export_is_drawn(tmp_path):
+    trace = report.read_trace(make_old_layout_export(tmp_path / "old.sqlite"))
+    report.plot_timeline(tmp_path / "timeline.png", trace, "old layout")
+    assert (tmp_path / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unreadable_traces_give_a_reason(tmp_path):
+    no_window = make_old_layout_export(tmp_path / "no_window.sqlite", with_window=False)
+    not_a_database = tmp_path / "junk.sqlite"
+    not_a_database.write_text("not SQLite")
+    with pytest.raises(report.TraceUnavailable, match="no NVTX range 'last 3 batches'"):
+        report.read_trace(no_window)
+    with pytest.raises(report.TraceUnavailable, match="junk.sqlite not read"):
+        report.read_trace(not_a_database)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Step results, speedups and the command
+
+
+def write_result(directory, step, stem, last3_ms, **extra):
+    result = {"step": step, "stem": stem, "title": stem, "lesson": f"lesson of {stem}", "backend": "torch",
+              "backend_label": "PyTorch stand-in (torch 2.11.0), not TensorRT", "device": "NVIDIA H100 80GB HBM3",
+              "batches": 10, "batch_size": 128, "last3_ms": last3_ms, "images_per_s": 384 / last3_ms * 1e3,
+              "check": {"passed": True, "summary": "top-1 agreement 100.0%"},
+              "command": f"python {stem}.py --backend torch", "date": "2026-11-23T10:00:00+00:00", **extra}
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{stem}.json").write_text(json.dumps(result))
+    return result
+
+
+def probe_reports(directory):
+    """A reports directory made of the probe traces, each with a step result."""
+    for name, (step, stem) in PROBE_STEPS.items():
+        write_result(directory, step, stem, 30.0 / step)
+        shutil.copy(PROBE_FIXTURES / f"{name}.sqlite", directory / f"{stem}.sqlite")
+    return directory
+
+
+def table_rows(summary, header_start):
+    """The body rows of the Markdown table whose header starts with `header_start`."""
+    lines = summary.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith(header_start)) + 2
+    rows = []
+    for line in lines[first:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+@pytest.fixture
+def no_nsys(monkeypatch, tmp_path):
+    """A PATH on which there is no nsys."""
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+
+
+def test_speedups_over_baseline_and_previous_step(tmp_path):
+    for step, ms in ((1, 30.0), (2, 15.0), (3, 10.0)):
+        write_result(tmp_path, step, f"{step}_step", ms)
+    ladder, _ = report.load_results(tmp_path)
+    assert report.speedups(ladder) == [(1.0, None), (2.0, 2.0), (pytest.approx(3.0), pytest.approx(1.5))]
+
+
+def test_speedups_compare_throughput_when_batch_sizes_differ(tmp_path):
+    write_result(tmp_path, 1, "1_step", 30.0, batch_size=128, images_per_s=None)
+    write_result(tmp_path, 2, "2_step", 30.0, batch_size=256, images_per_s=None)  # twice the images, same time
+    ladder, _ = report.load_results(tmp_path)
+    assert report.speedups(ladder) == [(1.0, None), (2.0, 2.0)]
+
+
+def test_summary_rows_from_json_only(tmp_path, no_nsys, capsys):
+    for step, ms in ((1, 30.0), (2, 15.0), (3, 10.0)):
+        write_result(tmp_path, step, f"{step}_step", ms)
+    write_result(tmp_path, 3, "3_step", 10.0, check={"passed": False, "summary": "top-1 agreement 12.0%"})
+    report.main(["--reports", str(tmp_path)])
+    rows = table_rows((tmp_path / "summary.md").read_text(), "| step | what changed")
+    assert [row[0] for row in rows] == ["1_step", "2_step", "3_step"]
+    assert [row[2:7] for row in rows] == [["30.00", "10.00", "12,800", "1.00×", "–"],
+                                         ["15.00", "5.00", "25,600", "2.00×", "2.00×"],
+                                         ["10.00", "3.33", "38,400", "3.00×", "1.50×"]]
+    assert rows[2][7] == "**FAIL**: top-1 agreement 12.0%"
+
+
+def test_without_nsys_every_step_says_what_could_not_be_read(tmp_path, no_nsys, capsys):
+    write_result(tmp_path, 1, "1_baseline", 30.0)
+    (tmp_path / "1_baseline.nsys-rep").write_bytes(b"a report nsys would have to export")
+    write_result(tmp_path, 2, "2_reuse_buffers", 20.0)
+    report.main(["--reports", str(tmp_path)])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if line.startswith("report: 1_baseline:")] == [
+        f"report: 1_baseline: no trace figures: {tmp_path}/1_baseline.nsys-rep not read: nsys is not on PATH "
+        "(install Nsight Systems, or export the .sqlite where nsys is)"]
+    assert [line for line in lines if line.startswith("report: 2_reuse_buffers:")] == [
+        f"report: 2_reuse_buffers: no trace figures: no {tmp_path}/2_reuse_buffers.nsys-rep "
+        "(profile the step with `make profile-all` for trace figures)"]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "nsys is not on PATH" in summary and "make profile-all" in summary
+    assert table_rows(summary, "| step | H2D")[0] == ["1_baseline"] + ["–"] * 7
+    assert (tmp_path / "ladder.png").exists() and not list(tmp_path.glob("timeline_*.png"))
+
+
+def test_stand_in_backend_is_flagged(tmp_path, no_nsys):
+    write_result(tmp_path, 1, "1_baseline", 30.0)
+    report.main(["--reports", str(tmp_path)])
+    assert "not TensorRT numbers" in (tmp_path / "summary.md").read_text()
+    write_result(tmp_path, 1, "1_baseline", 30.0, backend="tensorrt", backend_label="TensorRT 10.13.3")
+    report.main(["--reports", str(tmp_path)])
+    assert "not TensorRT numbers" not in (tmp_path / "summary.md").read_text()
+
+
+def test_results_without_a_timed_window_stay_out_of_the_ladder(tmp_path, no_nsys, capsys):
+    write_result(tmp_path, 1, "1_baseline", 30.0)
+    (tmp_path / "10_batch_sweep.json").write_text(json.dumps({"step": 10, "kind": "sweep", "points": []}))
+    (tmp_path / "broken.json").write_text("{ not json")
+    report.main(["--reports", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "report: 10_batch_sweep: not a ladder step (kind 'sweep'), not in the table" in out
+    assert f"report: {tmp_path}/broken.json: not read (" in out
+    assert [row[0] for row in table_rows((tmp_path / "summary.md").read_text(), "| step | what")] == ["1_baseline"]
+
+
+def test_report_on_probe_traces_fills_every_column(tmp_path, no_nsys):
+    report.main(["--reports", str(probe_reports(tmp_path))])
+    summary = (tmp_path / "summary.md").read_text()
+    rows = table_rows(summary, "| step | H2D")
+    assert [row[0] for row in rows] == ["1_baseline", "5_multi_streams", "7_cuda_graph"]
+    assert all("–" not in row for row in rows)
+    graph = report.trace_figures(report.read_trace(PROBE_FIXTURES / "graph.sqlite"))
+    assert rows[2] == ["7_cuda_graph", f"{graph.h2d_ms:.3f}", f"{graph.kernel_ms:.3f}", f"{graph.d2h_ms:.3f}",
+                       f"{graph.gpu_idle_pct:.1f}", "0", "1", f"{graph.copy_overlap_pct:.1f}"]
+    assert "Traces exported by Nsight Systems 2025.3" in summary
+    for stem in ("1_baseline", "5_multi_streams", "7_cuda_graph"):
+        assert (tmp_path / f"timeline_{stem}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_on_the_course_fixtures(tmp_path, no_nsys):
+    results = sorted(COURSE_FIXTURES.glob("*.json"))
+    if not results:
+        pytest.skip(f"missing real fixtures {COURSE_FIXTURES.relative_to(REPO)}/<stem>.json and <stem>.sqlite")
+    for path in results + sorted(COURSE_FIXTURES.glob("*.sqlite")):
+        shutil.copy(path, tmp_path)
+    report.main(["--reports", str(tmp_path)])
+    rows = table_rows((tmp_path / "summary.md").read_text(), "| step | H2D")
+    profiled = {path.stem for path in COURSE_FIXTURES.glob("*.sqlite")}
+    assert {row[0] for row in rows if "–" not in row[1:4]} == profiled
+    assert {path.name for path in tmp_path.glob("timeline_*.png")} == {f"timeline_{stem}.png" for stem in profiled}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Where the results come from
+
+
+def test_falls_back_to_the_committed_examples(tmp_path, monkeypatch, no_nsys, capsys):
+    monkeypatch.chdir(tmp_path)
+    probe_reports(tmp_path / "results" / "h100-torch")
+    report.main([])
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == ("report: reports/ does not exist; reporting the committed example results "
+                                   "in results/h100-torch/ instead")
+    assert "committed example results" in (tmp_path / "reports" / "summary.md").read_text()
+    assert (tmp_path / "reports" / "timeline_7_cuda_graph.png").exists()
+
+
+def test_the_committed_examples_give_a_full_report(tmp_path, monkeypatch, no_nsys):
+    if not any(EXAMPLE_RESULTS.glob("*.json")):
+        pytest.skip(f"missing {EXAMPLE_RESULTS.relative_to(REPO)}/<stem>.json (the H100 run's results)")
+    monkeypatch.chdir(tmp_path)
+    report.main(["--examples", str(EXAMPLE_RESULTS)])
+    summary = (tmp_path / "reports" / "summary.md").read_text()
+    profiled = {path.stem for path in EXAMPLE_RESULTS.glob("*.sqlite")}
+    rows = table_rows(summary, "| step | H2D")
+    assert {row[0] for row in rows if "–" not in row[1:4]} == profiled
+    assert "not read" not in summary.replace("could not be read", "")
+
+
+def test_nothing_to_report_is_one_line_error(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "common.report", "--reports", str(tmp_path / "missing"),
+                           "--examples", str(tmp_path / "none")], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr
+    assert f"{tmp_path}/missing/ does not exist and {tmp_path}/none/ has no example results" in done.stderr
+
+
+def test_help_names_the_options():
+    done = subprocess.run([sys.executable, "-m", "common.report", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0
+    assert all(option in done.stdout for option in ("--reports", "--examples", "--nsys"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Exporting .nsys-rep files
+
+
+def fake_nsys(tmp_path, source):
+    """An `nsys` that records its arguments and 'exports' by copying a real export to --output."""
+    script = tmp_path / "nsys"
+    script.write_text(f"#!{sys.executable}\nimport shutil, sys\n"
+                      f"open({str(tmp_path / 'nsys-args')!r}, 'w').write('\\n'.join(sys.argv[1:]))\n"
+                      f"shutil.copy({str(source)!r}, sys.argv[sys.argv.index('--output') + 1])\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_exports_a_report_with_nsys(tmp_path):
+    rep = tmp_path / "7_cuda_graph.nsys-rep"
+    rep.write_bytes(b"report")
+    database = report.sqlite_for(tmp_path, "7_cuda_graph", fake_nsys(tmp_path, PROBE_FIXTURES / "graph.sqlite"))
+    assert database == tmp_path / "7_cuda_graph.sqlite"
+    assert (tmp_path / "nsys-args").read_text().split("\n") == [
+        "export", "--type", "sqlite", "--force-overwrite", "true", "--output", str(database), str(rep)]
+    assert report.trace_figures(report.read_trace(database)).graph_launches == 1
+
+
+def test_reuses_an_up_to_date_export_and_refuses_a_stale_one(tmp_path):
+    rep, database = tmp_path / "7_cuda_graph.nsys-rep", tmp_path / "7_cuda_graph.sqlite"
+    rep.write_bytes(b"report")
+    shutil.copy(PROBE_FIXTURES / "graph.sqlite", database)
+    os.utime(rep, (1_000, 1_000))
+    assert report.sqlite_for(tmp_path, "7_cuda_graph", fake_nsys(tmp_path, PROBE_FIXTURES / "graph.sqlite")) == database
+    assert not (tmp_path / "nsys-args").exists()  # no export needed
+    os.utime(database, (500, 500))
+    with pytest.raises(report.TraceUnavailable, match="7_cuda_graph.sqlite is older than it"):
+        report.sqlite_for(tmp_path, "7_cuda_graph", None)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The trimming tool
+
+
+def test_fixtures_are_small():
+    for path in FIXTURES.rglob("*.sqlite"):
+        assert path.stat().st_size < FIXTURE_SIZE_LIMIT, path
+
+
+def test_trimming_keeps_the_figures(tmp_path, capsys):
+    source = PROBE_FIXTURES / "overlap.sqlite"
+    trim_nsys_sqlite.main([str(source), str(tmp_path / "trimmed.sqlite"), "--margin-ms", "0"])
+    assert "same figures" in capsys.readouterr().out
+    before, after = (report.read_trace(path) for path in (source, tmp_path / "trimmed.sqlite"))
+    assert report.trace_figures(before) == report.trace_figures(after)
+    assert before.ranges == after.ranges and before.gpu_ops == after.gpu_ops
+
+
+def test_trimming_an_export_without_the_window_fails_cleanly(tmp_path):
+    source = make_old_layout_export(tmp_path / "no_window.sqlite", with_window=False)
+    with pytest.raises(SystemExit, match="no NVTX range 'last 3 batches'"):
+        trim_nsys_sqlite.main([str(source), str(tmp_path / "out.sqlite")])
+    assert not (tmp_path / "out.sqlite").exists()
+
+
+def test_course_error_is_the_error_type():
+    with pytest.raises(CourseError):
+        report.choose_source(Path("/nonexistent/reports"), Path("/nonexistent/examples"))

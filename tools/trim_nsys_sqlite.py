@@ -1,0 +1,96 @@
+"""Shrink an nsys SQLite export to what common/report.py reads, so it can be committed as a test fixture.
+
+    python tools/trim_nsys_sqlite.py reports/1_baseline.sqlite tests/fixtures/nsys/1_baseline.sqlite
+
+A full export of one step is about 100 MB (GPU metrics, backtraces, OS runtime calls). This keeps the
+tables the report reads (plus the enumeration tables the tests use to check it independently), keeps
+only the rows near the NVTX range "last 3 batches", drops unreferenced strings and compacts the file.
+It then reads both files with the report and refuses to write a trimmed copy whose figures differ.
+"""
+import argparse
+import shutil
+import sqlite3
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere in the repo
+
+from common.report import TraceUnavailable, find_window, read_trace, trace_figures  # noqa: E402
+
+KEPT_TABLES = {
+    # read by common/report.py
+    "NVTX_EVENTS", "StringIds", "CUPTI_ACTIVITY_KIND_KERNEL", "CUPTI_ACTIVITY_KIND_MEMCPY",
+    "CUPTI_ACTIVITY_KIND_MEMSET", "CUPTI_ACTIVITY_KIND_RUNTIME", "ThreadNames", "TARGET_INFO_CUDA_CONTEXT_INFO",
+    "META_DATA_EXPORT",
+    # small tables the tests use to check the report's reading (names of copy kinds, event types, the GPU)
+    "ENUM_CUDA_MEMCPY_OPER", "ENUM_NSYS_EVENT_TYPE", "ENUM_NSYS_EVENT_CLASS", "TARGET_INFO_CUDA_STREAM",
+    "TARGET_INFO_GPU",
+}
+TIMED_TABLES = ("CUPTI_ACTIVITY_KIND_KERNEL", "CUPTI_ACTIVITY_KIND_MEMCPY", "CUPTI_ACTIVITY_KIND_MEMSET",
+                "CUPTI_ACTIVITY_KIND_RUNTIME")
+STRING_COLUMNS = {  # the columns of kept tables that refer to StringIds(id)
+    "NVTX_EVENTS": ("textId",), "CUPTI_ACTIVITY_KIND_RUNTIME": ("nameId",), "ThreadNames": ("nameId",),
+    "CUPTI_ACTIVITY_KIND_KERNEL": ("shortName", "demangledName", "mangledName"),
+}
+
+
+def trim(source, target, margin_ns):
+    """Write a trimmed copy of `source` to `target`."""
+    shutil.copyfile(source, target)
+    connection = sqlite3.connect(target)
+    try:
+        window = find_window(connection, source)
+        keep_from, keep_to = window[0] - margin_ns, window[1] + margin_ns
+        tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table in sorted(tables - KEPT_TABLES - {"sqlite_sequence"}):
+            connection.execute(f'DROP TABLE "{table}"')
+        for table in tables & set(TIMED_TABLES):
+            connection.execute(f"DELETE FROM {table} WHERE NOT (start < ? AND end > ?)", (keep_to, keep_from))
+        # NVTX events without an end (marks, domain names) are few and name the domains: keep them.
+        connection.execute("DELETE FROM NVTX_EVENTS WHERE end IS NOT NULL AND NOT (start < ? AND end > ?)",
+                           (keep_to, keep_from))
+        if "ThreadNames" in tables:
+            connection.execute(
+                "DELETE FROM ThreadNames WHERE globalTid NOT IN (SELECT globalTid FROM NVTX_EVENTS "
+                "UNION SELECT globalTid FROM CUPTI_ACTIVITY_KIND_RUNTIME)")
+        drop_unused_strings(connection, tables)
+        connection.commit()
+        connection.execute("VACUUM")
+    finally:
+        connection.close()
+
+
+def drop_unused_strings(connection, tables):
+    used = []
+    for table, string_columns in STRING_COLUMNS.items():
+        present = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")} if table in tables else set()
+        used += [f"SELECT {column} FROM {table}" for column in string_columns if column in present]
+    connection.execute(f"DELETE FROM StringIds WHERE id NOT IN ({' UNION '.join(used)})")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("source", type=Path, help="an nsys SQLite export (nsys export --type sqlite)")
+    parser.add_argument("target", type=Path, help="where the trimmed copy goes")
+    parser.add_argument("--margin-ms", type=float, default=10.0,
+                        help="also keep rows this close to the window, for context (default 10)")
+    args = parser.parse_args(argv)
+    if not args.source.is_file():
+        sys.exit(f"error: {args.source} is not a file")
+    if args.source.resolve() == args.target.resolve():
+        sys.exit("error: the target must differ from the source (the source is checked against it)")
+    try:
+        trim(args.source, args.target, int(args.margin_ms * 1e6))
+        before, after = trace_figures(read_trace(args.source)), trace_figures(read_trace(args.target))
+    except (TraceUnavailable, sqlite3.Error) as error:
+        args.target.unlink(missing_ok=True)
+        sys.exit(f"error: {error}")
+    if before != after:
+        args.target.unlink()
+        sys.exit(f"error: trimming changed the report's figures ({before} became {after}); nothing written")
+    print(f"{args.target}: {args.source.stat().st_size / 1e6:.1f} MB -> {args.target.stat().st_size / 1e6:.2f} MB, "
+          "same figures")
+
+
+if __name__ == "__main__":
+    main()
