@@ -1,0 +1,221 @@
+"""GPU tier: every step end to end on the PyTorch stand-in, and the property each step claims.
+
+Skipped, with the reason, where there is no CUDA GPU (CI). The engines are built once per session in
+a scratch directory by 0_build.py, exactly as `make build BACKEND=torch` builds them.
+"""
+import importlib.util
+import json
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO, requires_gpu, run_script
+
+pytestmark = requires_gpu
+SMALL = ["--backend", "torch", "--batches", "4", "--batch-size", "32"]
+STEPS = ["1_baseline", "2_reuse_buffers", "3_use_pin_memory", "4_use_fp16", "5_multi_streams",
+         "6_multi_threads", "7_cuda_graph", "8_multi_context", "9_multi_profiles"]
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gpu")
+    for extra in (["--precision", "fp32"], ["--precision", "fp16"],
+                  ["--precision", "fp16", "--profile", "1:16:32", "--profile", "33:128:128",
+                   "--name", "resnet18_fp16_2profiles"]):
+        result = run_script("0_build.py", "--backend", "torch", *extra, cwd=path)
+        assert result.returncode == 0, result.stderr
+    return path
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_step_runs_and_matches_the_reference(workdir, step):
+    args = SMALL + (["--batch-size", "64", "--small-batch-size", "8"] if step == "9_multi_profiles" else [])
+    result = run_script(f"{step}.py", *args, cwd=workdir)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    saved = json.loads((workdir / "reports" / f"{step}.json").read_text())
+    assert saved["check"]["passed"] and saved["backend"] == "torch" and "not TensorRT" in saved["backend_label"]
+    assert saved["last3_ms"] > 0 and saved["total_ms"] >= saved["last3_ms"]
+
+
+def load_step(step, monkeypatch, workdir, *args):
+    """Import a step as a module and point sys.argv at it, so tests can wrap its functions and call main()."""
+    monkeypatch.chdir(workdir)
+    monkeypatch.setattr(sys, "argv", [f"{step}.py", *SMALL, *args])
+    spec = importlib.util.spec_from_file_location(step, REPO / f"{step}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def count_calls(monkeypatch, module, owner, name):
+    calls = []
+    original = getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("step, per_batch", [("1_baseline", True), ("2_reuse_buffers", False)])
+def test_device_allocations_per_batch(workdir, monkeypatch, step, per_batch):
+    """Step 1 calls cudaMalloc for every batch; step 2 allocates the same number whatever the batch count."""
+    counts = []
+    for batches in ("3", "5"):
+        module = load_step(step, monkeypatch, workdir, "--batches", batches)
+        mallocs = count_calls(monkeypatch, module, module.cuda, "malloc")
+        module.main()
+        counts.append(len(mallocs))
+    assert (counts[1] > counts[0]) == per_batch, counts
+
+
+def test_standin_allocates_nothing_after_first_enqueue_of_a_shape(workdir, monkeypatch):
+    import torch
+    from common import cuda, engine
+    monkeypatch.chdir(workdir)
+    loaded = engine.load("torch", "engines/resnet18_fp16.torch.pt", "fp16", cuda.require_gpu())
+    context, stream = loaded.engine.create_execution_context(), cuda.create_stream()
+    images, logits = cuda.malloc(loaded.input.nbytes(32)), cuda.malloc(loaded.output.nbytes(32))
+    context.set_input_shape("input", (32, 3, 224, 224))
+    context.set_tensor_address("input", images)
+    context.set_tensor_address("logits", logits)
+    assert context.execute_async_v3(stream)
+    cuda.synchronize(stream)
+    segments = torch.cuda.memory_stats()["segment.all.allocated"]
+    for _ in range(5):
+        assert context.execute_async_v3(stream)
+    cuda.synchronize(stream)
+    assert torch.cuda.memory_stats()["segment.all.allocated"] == segments
+    assert not context.set_input_shape("input", (200, 3, 224, 224))  # outside the profile, as TensorRT refuses
+
+
+@pytest.mark.parametrize("step, pinned", [("2_reuse_buffers", False), ("3_use_pin_memory", True)])
+def test_host_buffers_are_page_locked_from_step_3(workdir, monkeypatch, step, pinned):
+    module = load_step(step, monkeypatch, workdir)
+    copy = "memcpy_htod_async" if pinned else "memcpy_htod"
+    copies = count_calls(monkeypatch, module, module.cuda, copy)
+    module.main()
+    assert copies and all(module.cuda.is_pinned(host) == pinned for _, host, *rest in copies)
+
+
+def test_step5_next_h2d_starts_before_the_current_inference_ends(workdir, monkeypatch):
+    """Timing events around each H2D and inference: batch i+1's copy starts before batch i's inference ends."""
+    from cuda.bindings import runtime as cudart
+    from common import cuda
+    module = load_step("5_multi_streams", monkeypatch, workdir, "--batch-size", "128")
+    starts, ends = [], []
+
+    def timing_event(stream):
+        event = cuda.check(cudart.cudaEventCreate())
+        cuda.record(event, stream)
+        return event
+    original_copy, original_infer = module.copy_in, module.infer
+    monkeypatch.setattr(module, "copy_in", lambda stream, slot, images: (
+        starts.append(timing_event(stream)), original_copy(stream, slot, images)))
+
+    def timed_infer(context, stream, *args):
+        logits = original_infer(context, stream, *args)
+        ends.append(timing_event(stream))
+        return logits
+    monkeypatch.setattr(module, "infer", timed_infer)
+    module.main()
+    # after the warm-up (2 copies, 2 inferences): copy k+1 of the timed loop vs inference k
+    starts, ends = starts[2:], ends[2:]
+    overlaps = [cuda.check(cudart.cudaEventElapsedTime(starts[index + 1], ends[index])) > 0
+                for index in range(len(ends) - 1)]
+    assert all(overlaps), overlaps
+
+
+@pytest.mark.parametrize("step, waits", [("5_multi_streams", True), ("6_multi_threads", False)])
+def test_main_loop_waits_on_output_processing_only_before_step_6(workdir, monkeypatch, step, waits):
+    """With a slow output stage, step 6 queues batch i+1 before batch i's output is processed; step 5 cannot."""
+    module = load_step(step, monkeypatch, workdir, "--batches", "6")
+    events = []
+    original_output, original_infer = module.process_output, module.infer
+
+    def slow_output(index, logits):
+        time.sleep(0.05)
+        original_output(index, logits)
+        events.append(("processed", index))
+
+    def recorded_infer(*args):
+        events.append(("queued", sum(event[0] == "queued" for event in events) - 2))  # 2 warm-up calls
+        return original_infer(*args)
+    monkeypatch.setattr(module, "process_output", slow_output)
+    monkeypatch.setattr(module, "infer", recorded_infer)
+    module.main()
+    ran_ahead = [events.index(("queued", index + 1)) < events.index(("processed", index)) for index in range(5)]
+    assert any(ran_ahead) != waits, events
+
+
+def graph_fixture(workdir, monkeypatch):
+    module = load_step("7_cuda_graph", monkeypatch, workdir)
+    from common import cuda, engine
+    loaded = engine.load("torch", "engines/resnet18_fp16.torch.pt", "fp16", cuda.require_gpu())
+    context, stream = loaded.engine.create_execution_context(), cuda.create_stream()
+    run = type("Run", (), {"input": loaded.input, "output": loaded.output})
+    output = cuda.malloc(loaded.output.nbytes(64))
+    context.set_tensor_address(loaded.output.name, output)
+    slot = module.InputSlot(cuda.malloc(loaded.input.nbytes(64)), cuda.create_event(), cuda.create_event())
+    return module, cuda, context, stream, run, slot, output
+
+
+def logits_of(cuda, graphs_or_context, stream, slot, output, images, launch):
+    cuda.memcpy_htod(slot.address, images)
+    launch(slot, len(images))
+    cuda.synchronize(stream)
+    host = np.empty((len(images), 1000), np.float32)
+    cuda.memcpy_dtoh(host, output)
+    return host
+
+
+def test_graph_replay_equals_eager_and_recaptures_on_a_new_shape(workdir, monkeypatch):
+    module, cuda, context, stream, run, slot, output = graph_fixture(workdir, monkeypatch)
+    from common import data
+    graphs = module.InferenceGraphs(context, stream, run)
+    eager = module.InferenceGraphs(context, stream, run)
+    eager.capturable = False
+    for batch_size in (32, 64, 32):
+        images = data.make_batches(1, batch_size, seed=batch_size)[0]
+        replayed = logits_of(cuda, graphs, stream, slot, output, images, graphs.launch)
+        direct = logits_of(cuda, eager, stream, slot, output, images, eager.enqueue)
+        np.testing.assert_array_equal(replayed, direct)
+    assert graphs.capturable and sorted(size for _, size in graphs.graphs) == [32, 64]  # one capture per shape
+
+
+def test_uncapturable_engine_falls_back_with_a_note(workdir, monkeypatch, capsys):
+    module, cuda, context, stream, run, slot, output = graph_fixture(workdir, monkeypatch)
+    graphs = module.InferenceGraphs(context, stream, run)
+    def refuse(stream):
+        raise module.CourseError("capture refused")
+    monkeypatch.setattr(module.cuda, "begin_capture", refuse)
+    from common import data
+    images = data.make_batches(1, 32, seed=3)[0]
+    logits_of(cuda, graphs, stream, slot, output, images, graphs.launch)
+    assert not graphs.capturable and "cannot be captured into a CUDA graph (capture refused)" in capsys.readouterr().out
+
+
+def test_step8_contexts_run_concurrently_and_share_the_batches(workdir, monkeypatch):
+    import threading
+    module = load_step("8_multi_context", monkeypatch, workdir, "--batches", "8")
+    threads = set()
+    original = module.infer
+
+    def recorded(*args):
+        threads.add(threading.current_thread().name)
+        return original(*args)
+    monkeypatch.setattr(module, "infer", recorded)
+    module.main()
+    assert len({name for name in threads if name.startswith("context")}) == 2, threads
+
+
+def test_step9_routes_batches_to_their_profiles_and_refuses_others(workdir):
+    result = run_script("9_multi_profiles.py", *SMALL, "--batch-size", "64", "--small-batch-size", "8", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    refused = run_script("9_multi_profiles.py", *SMALL, "--batch-size", "200", cwd=workdir)
+    assert refused.returncode == 1 and "batch size 200 is outside every profile" in refused.stderr
+    assert "Traceback" not in refused.stderr
