@@ -8,8 +8,11 @@ and CUDA events order the two on the GPU without the host waiting:
   the H2D overwrites that input buffer with a later batch.
 While batch i runs, batch i+1 is copied in, so two device input buffers are needed (double buffering):
 one being read by the inference, one being written by the copy. The output needs no second buffer:
-the copy out and the next inference are on the same stream, which keeps them in order. The host
-still waits for each batch's logits before it prints them; the next step removes that wait.
+the copy out and the next inference are on the same stream, which keeps them in order.
+The copy of batch i+1 is queued before the inference of batch i, not after: queuing an inference
+costs the host a launch per kernel, and a copy queued behind those launches starts when the GPU has
+nearly finished the batch. (The first version of this step did that, and nsys showed no overlap.)
+The host still waits for each batch's logits before it prints them; the next step removes that wait.
 
 What to look for in the timeline (reports/5_multi_streams.nsys-rep):
 - two CUDA stream lanes: "Memcpy HtoD" of batch i+1 on one, under the kernels of batch i on the other;
@@ -92,9 +95,9 @@ def main():
     copy_in(copy_stream, slots[0], batches[0])
     for index, images in enumerate(batches):
         timer.start_batch(index)
-        logits = infer(context, compute_stream, run, buffers, slots[index % 2], len(images))
-        if index + 1 < len(batches):  # prefetch: this copy overlaps the inference just queued
+        if index + 1 < len(batches):  # prefetch first: the copy runs while this batch's inference is queued and runs
             copy_in(copy_stream, slots[(index + 1) % 2], batches[index + 1])
+        logits = infer(context, compute_stream, run, buffers, slots[index % 2], len(images))
         with nvtx.phase("sync"):
             cuda.synchronize(compute_stream)
         logits = logits.copy()  # the pinned buffer is reused by the next batch

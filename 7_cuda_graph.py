@@ -180,9 +180,9 @@ def main():
     for index, images in enumerate(batches):
         timer.start_batch(index)
         host_output = output_thread.take_free_buffer()
-        infer(graphs, compute_stream, buffers, slots[index % 2], host_output, len(images))
-        if index + 1 < len(batches):  # prefetch: this copy overlaps the inference just queued
+        if index + 1 < len(batches):  # prefetch first: the copy runs while this batch's inference is queued and runs
             copy_in(copy_stream, slots[(index + 1) % 2], batches[index + 1])
+        infer(graphs, compute_stream, buffers, slots[index % 2], host_output, len(images))
         output_thread.pending.put((index, len(images), host_output))  # the thread waits, not us
     output_thread.pending.put(None)
     output_thread.join()

@@ -192,10 +192,10 @@ class ContextPipeline:
             timer.start_batch(index)
             host_output = output_thread.take_free_buffer()
             batch_size = len(self.batches[index])
-            infer(self.graphs, self.compute_stream, self.buffers, slots[count % 2], host_output, batch_size)
             following = claim_next()
-            if following is not None:  # prefetch: this copy overlaps the inference just queued
+            if following is not None:  # prefetch first: the copy runs while this batch's inference is queued and runs
                 copy_in(self.copy_stream, slots[(count + 1) % 2], self.batches[following])
+            infer(self.graphs, self.compute_stream, self.buffers, slots[count % 2], host_output, batch_size)
             output_thread.pending.put((index, batch_size, host_output))  # the thread waits, not us
             index, count = following, count + 1
         output_thread.pending.put(None)

@@ -19,7 +19,6 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 ENGINE_DIR = Path("engines")
 WEIGHTS_PATH = ENGINE_DIR / "resnet18_weights.pt"
-TIMING_CACHE_PATH = ENGINE_DIR / "timing.cache"
 METADATA_FORMAT = 1
 ONNX_OPSET = 18  # within what TensorRT 10.0's ONNX parser and every later version accept
 
@@ -54,7 +53,7 @@ def export_onnx(weights_path, precision, onnx_path, max_batch):
     return onnx_path
 
 
-def build_tensorrt(onnx_path, profiles, workspace_mib, verbose):
+def build_tensorrt(onnx_path, profiles, workspace_mib, verbose, compute_capability):
     """Build a serialized TensorRT engine from the ONNX file: strongly typed, one optimization profile per range.
 
     Returns the plan's bytes. The timing cache (kernel timings from earlier builds) makes rebuilds fast.
@@ -72,9 +71,11 @@ def build_tensorrt(onnx_path, profiles, workspace_mib, verbose):
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
-    cache_bytes = TIMING_CACHE_PATH.read_bytes() if TIMING_CACHE_PATH.exists() else b""
-    timing_cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(timing_cache, False)  # False: a cache from another GPU or version is an error
+    # Kernel timings are only valid for one TensorRT version on one GPU architecture: key the file by both.
+    cache_path = ENGINE_DIR / f"timing-trt{trt.__version__}-sm{compute_capability}.cache"
+    timing_cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
+    if not config.set_timing_cache(timing_cache, False):  # False: do not silently use a mismatched cache
+        raise CourseError(f"TensorRT refused the timing cache {cache_path}: delete it and build again")
     for low, opt, high in profiles:
         profile = builder.create_optimization_profile()
         profile.set_shape(INPUT_NAME, (low, *data.IMAGE_SHAPE), (opt, *data.IMAGE_SHAPE), (high, *data.IMAGE_SHAPE))
@@ -83,7 +84,7 @@ def build_tensorrt(onnx_path, profiles, workspace_mib, verbose):
     serialized_engine = builder.build_serialized_network(network, config)
     if serialized_engine is None:
         raise CourseError(f"TensorRT could not build an engine from {onnx_path}: see its log above")
-    TIMING_CACHE_PATH.write_bytes(memoryview(config.get_timing_cache().serialize()))
+    cache_path.write_bytes(memoryview(config.get_timing_cache().serialize()))
     return bytes(memoryview(serialized_engine))
 
 
@@ -99,7 +100,7 @@ def build_engine(name, backend, precision, profiles, weights_path, workspace_mib
     export_onnx(weights_path, precision, onnx_path, max_batch)
     if backend == "tensorrt":
         print(f"building {target} with TensorRT: profiles {format_profiles(profiles)} ...")
-        target.write_bytes(build_tensorrt(onnx_path, profiles, workspace_mib, verbose))
+        target.write_bytes(build_tensorrt(onnx_path, profiles, workspace_mib, verbose, device[1]))
         import tensorrt as trt
         tensorrt_version = trt.__version__
     else:

@@ -25,8 +25,9 @@ format is not documented. Tables and columns this module reads:
                                 'cudaGraphLaunch_v10000', ...); holds runtime and driver API calls
     ThreadNames                 globalTid, nameId;  TARGET_INFO_CUDA_CONTEXT_INFO  nullStreamId
     META_DATA_EXPORT            name, value (the exporting nsys version, shown in the summary)
-Checked against Nsight Systems 2025.3.1 (export schema 3.20.3) on an H100. Older exports keep NVTX text
-in `text` only and may lack a table (no memsets, say); both are handled, a missing table reads as empty.
+Checked against Nsight Systems 2025.3.1 on an H100 (its exporter calls itself 2025.3.2.0, schema 3.20.3)
+and the layout documented for 2021.5, where NVTX text is inline in `text`; tables are made only when
+they have rows (no memsets, say), so a missing table reads as empty.
 Timestamps are nanoseconds on one clock for CPU and GPU events; globalTid % 0x1000000 is the thread id.
 
 What the figures mean
@@ -110,11 +111,10 @@ class NvtxRange:
 @dataclasses.dataclass
 class Trace:
     """What the report uses from one trace: everything that overlaps the "last 3 batches" window."""
-    source: Path
     window: tuple  # (start, end) in ns
     gpu_ops: list
     ranges: list
-    api_calls: list  # base names ('cudaLaunchKernel') of the CUDA API calls
+    api_calls: list  # (base name such as 'cudaLaunchKernel', globalTid) of the CUDA API calls
     thread_names: dict  # globalTid -> name
     null_streams: set
     nsys_version: str
@@ -134,11 +134,6 @@ class TraceFigures:
 
 # ---------------------------------------------------------------------------------------------------
 # Finding and exporting traces
-
-
-def find_nsys():
-    """The nsys executable on PATH, or None."""
-    return shutil.which("nsys")
 
 
 def sqlite_for(directory, stem, nsys):
@@ -176,7 +171,7 @@ def read_trace(database):
     try:
         window = find_window(connection, database)
         return Trace(
-            source=Path(database), window=window, gpu_ops=read_gpu_ops(connection, window),
+            window=window, gpu_ops=read_gpu_ops(connection, window),
             ranges=read_nvtx_ranges(connection, window), api_calls=read_api_calls(connection, window),
             thread_names=read_thread_names(connection), null_streams=read_null_streams(connection),
             nsys_version=read_export_version(connection))
@@ -245,13 +240,13 @@ def read_nvtx_ranges(connection, window):
 
 
 def read_api_calls(connection, window):
-    """Base names of the CUDA runtime/driver API calls that overlap the window."""
+    """(base name, thread) of the CUDA runtime/driver API calls that overlap the window, on every thread."""
     if not columns(connection, "CUPTI_ACTIVITY_KIND_RUNTIME"):
         return []
     rows = connection.execute(
-        "SELECT s.value FROM CUPTI_ACTIVITY_KIND_RUNTIME AS r JOIN StringIds AS s ON s.id = r.nameId "
+        "SELECT s.value, r.globalTid FROM CUPTI_ACTIVITY_KIND_RUNTIME AS r JOIN StringIds AS s ON s.id = r.nameId "
         "WHERE r.start < ? AND r.end > ?", (window[1], window[0]))
-    return [api_base_name(name) for (name,) in rows]
+    return [(api_base_name(name), thread) for name, thread in rows]
 
 
 def api_base_name(name):
@@ -262,7 +257,8 @@ def api_base_name(name):
 def read_thread_names(connection):
     if not columns(connection, "ThreadNames"):
         return {}
-    rows = connection.execute("SELECT t.globalTid, s.value FROM ThreadNames AS t JOIN StringIds AS s ON s.id = t.nameId")
+    rows = connection.execute(
+        "SELECT t.globalTid, s.value FROM ThreadNames AS t JOIN StringIds AS s ON s.id = t.nameId")
     return dict(rows.fetchall())
 
 
@@ -296,8 +292,8 @@ def trace_figures(trace):
         h2d_ms=per_batch_ms(durations["H2D"]), kernel_ms=per_batch_ms(durations["kernel"]),
         d2h_ms=per_batch_ms(durations["D2H"]),
         gpu_idle_pct=100.0 * (1 - total_length(busy) / window_ns),
-        kernel_launches=sum(name in KERNEL_LAUNCH_CALLS for name in trace.api_calls) / BATCHES_IN_WINDOW,
-        graph_launches=sum(name in GRAPH_LAUNCH_CALLS for name in trace.api_calls) / BATCHES_IN_WINDOW,
+        kernel_launches=sum(name in KERNEL_LAUNCH_CALLS for name, _ in trace.api_calls) / BATCHES_IN_WINDOW,
+        graph_launches=sum(name in GRAPH_LAUNCH_CALLS for name, _ in trace.api_calls) / BATCHES_IN_WINDOW,
         copy_overlap_pct=100.0 * total_length(intersection(copies, kernels)) / copy_ns if copy_ns else None)
 
 
@@ -430,7 +426,8 @@ def write_summary(path, ladder, traces, notes, source_line):
     if notes:
         lines += ["", "## What could not be read", ""] + [f"- {note}" for note in notes]
     lines += ["", "## Commands", ""]
-    lines += [f"- {step_label(r)}: `{r.get('command', 'command unknown')}` ({r.get('date', 'date unknown')})" for r in ladder]
+    lines += [f"- {step_label(r)}: `{r.get('command', 'command unknown')}` ({r.get('date', 'date unknown')})"
+              for r in ladder]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -488,19 +485,19 @@ def count(per_batch):
 
 
 def plot_ladder(path, ladder):
-    """Horizontal bars (step names stay readable) of ms per batch, labelled with the speedup."""
+    """Horizontal bars (step names stay readable) of ms per batch, labelled with the speedup in throughput."""
     labels = [f"{step_label(r)}" for r in ladder]
     ms_per_batch = [r["last3_ms"] / BATCHES_IN_WINDOW for r in ladder]
     figure, axes = plt.subplots(figsize=(10, 1.2 + 0.55 * len(ladder)), layout="constrained")
     bars = axes.barh(labels, ms_per_batch, color="#1f5fbf")
     axes.invert_yaxis()  # step 1 on top, as the course reads
     for bar, value, (over_baseline, _) in zip(bars, ms_per_batch, speedups(ladder)):
-        speedup = f"  {value:.2f} ms, {times(over_baseline)} vs baseline" if over_baseline else f"  {value:.2f} ms"
-        axes.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, speedup, va="center", fontsize=9)
+        label = f"  {value:.2f} ms" + (f", {times(over_baseline)} baseline images/s" if over_baseline else "")
+        axes.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, label, va="center", fontsize=9)
     axes.set_xlim(0, max(ms_per_batch) * 1.45)  # room for the labels right of the longest bar
     axes.set_xlabel(f"time per batch (ms), mean of the last {BATCHES_IN_WINDOW} batches; shorter is faster")
     axes.set_ylabel("step")
-    axes.set_title(f"Inference ladder: {ladder_subtitle(ladder)}", fontsize=11)
+    axes.set_title(f"Inference ladder\n{ladder_subtitle(ladder)}", fontsize=11)
     axes.grid(axis="x", alpha=0.3)
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -545,12 +542,14 @@ def plot_timeline(path, trace, title):
         ticks.append(y + len(lane_rows) / 2)
         tick_labels.append(thread_label(thread, trace))
         y += len(lane_rows)
-    for start in batch_starts(trace):
+    starts = batch_starts(trace)
+    for start in starts:
         axes.axvline(start, color="black", linestyle=":", linewidth=0.8)
 
     axes.set_ylim(y, 0)  # lanes top to bottom: GPU streams first
     axes.set_yticks(ticks, tick_labels, fontsize=9)
-    axes.set_xlabel(f"time since the start of the NVTX range \"{WINDOW_RANGE}\" (ms); dotted: a batch starts")
+    axes.set_xlabel(f"time since the start of the NVTX range \"{WINDOW_RANGE}\" (ms)"
+                    + ("; dotted: a batch starts" if starts else ""))
     axes.set_title(title, fontsize=11)
     axes.grid(axis="x", alpha=0.3)
     axes.tick_params(axis="y", length=0)
@@ -695,7 +694,7 @@ def parse_arguments(argv=None):
 def main(argv=None):
     args = parse_arguments(argv)
     source, source_line = choose_source(args.reports, args.examples)
-    notes, timelines = build_report(source, args.reports, args.nsys or find_nsys(), source_line)
+    notes, timelines = build_report(source, args.reports, args.nsys or shutil.which("nsys"), source_line)
     for note in notes:
         print(f"report: {note}")
     print(f"report: wrote summary.md, ladder.png and {timelines} timeline picture(s) to {args.reports}/")

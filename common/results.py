@@ -35,12 +35,14 @@ class Timer:
         self._lock = threading.Lock()
         self._started = self._window_started = self._stopped = None
         self._window_range = None
+        self._batch_starts = {}
 
     def start_batch(self, index):
         with self._lock:
             now = time.perf_counter()
             if self._started is None:
                 self._started = now
+            self._batch_starts[index] = now
             if index == self._first_timed:
                 self._window_started = now
                 self._window_range = nvtx.start(f"last {TIMED_BATCHES} batches")
@@ -56,6 +58,11 @@ class Timer:
     @property
     def total_ms(self):
         return (self._stopped - self._started) * 1e3
+
+    @property
+    def batch_starts_ms(self):
+        """When each batch started, in ms after the first: shows where a slow batch is."""
+        return [round((self._batch_starts[index] - self._started) * 1e3, 3) for index in sorted(self._batch_starts)]
 
 
 def describe_predictions(logits, top=5):
@@ -93,6 +100,7 @@ def finish(docstring, args, run, timer, outputs, images=None):
         "backend": loaded.backend, "backend_label": loaded.label, "engine": str(loaded.path),
         "precision": loaded.metadata["precision"], "device": device[0], "batches": args.batches,
         "batch_size": args.batch_size, "last3_ms": timer.last3_ms, "total_ms": timer.total_ms,
+        "batch_starts_ms": timer.batch_starts_ms,
         "images_per_s": images / timer.last3_ms * 1e3, "check": check,
         "under_nsys": os.environ.get("COURSE_UNDER_NSYS") == "1",
         "command": " ".join(["python", *sys.argv]),

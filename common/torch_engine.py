@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from common import data
+from common.errors import CourseError
 
 
 class TensorIOMode(enum.Enum):
@@ -137,9 +138,13 @@ class TorchExecutionContext:
             return False
         images = self._view(input_name)
         logits = self._view(output_name)
-        with torch.cuda.stream(torch.cuda.ExternalStream(stream_handle)), \
-                torch.cuda.use_mem_pool(self._pool), torch.inference_mode():
-            logits.copy_(self._engine._model(images))
+        try:
+            with torch.cuda.stream(torch.cuda.ExternalStream(stream_handle)), \
+                    torch.cuda.use_mem_pool(self._pool), torch.inference_mode():
+                logits.copy_(self._engine._model(images))
+        except torch.cuda.OutOfMemoryError:
+            raise CourseError(f"out of GPU memory running a batch of {len(images)}: use a smaller --batch-size "
+                              "or fewer contexts") from None
         return True
 
     def _view(self, name):

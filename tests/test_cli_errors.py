@@ -1,0 +1,70 @@
+"""CPU tier: a wrong environment or bad input ends with one line that says what to do, never a traceback."""
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import REPO, gpu_reason, run_script
+
+
+def assert_one_line_error(result, expected):
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr, result.stderr
+    assert expected in lines[-1], result.stderr
+
+
+@pytest.mark.skipif(gpu_reason() is None, reason="checks the message given where there is no GPU")
+def test_no_gpu_is_one_line(tmp_path):
+    result = run_script("1_baseline.py", "--backend", "torch", cwd=tmp_path)
+    assert_one_line_error(result, "error: no usable NVIDIA driver")
+
+
+def test_tensorrt_backend_without_tensorrt_is_one_line(tmp_path):
+    pytest.importorskip("cuda.bindings")
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    result = run_script("1_baseline.py", "--backend", "tensorrt", cwd=tmp_path)
+    assert_one_line_error(result, "error: TensorRT cannot be imported")
+
+
+def test_auto_backend_says_it_uses_the_stand_in(tmp_path):
+    result = run_script("0_build.py", "--backend", "auto", "--help", cwd=tmp_path)
+    assert result.returncode == 0  # --help works without a GPU or TensorRT
+    result = run_script("4_use_fp16.py", "--backend", "auto", cwd=tmp_path)
+    assert "using the PyTorch stand-in engine" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batches", "2"], "must be at least 3"),
+    (["--batch-size", "x"], "is not a whole number"),
+    (["--backend", "onnx"], "invalid choice"),
+])
+def test_bad_options_are_one_line(tmp_path, args, message):
+    result = run_script("5_multi_streams.py", *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert_one_line_error(result, message)
+
+
+def make(*args, env=None):
+    return subprocess.run(["make", "--no-print-directory", *args], cwd=REPO, text=True, capture_output=True,
+                          env=env)
+
+
+def test_profile_all_uses_the_source_tutorials_nsys_options():
+    dry_run = make("-n", "profile-all", "PYTHON=python3", "BACKEND=torch").stdout
+    for option in ("-t cuda,nvtx,osrt,cudnn,cublas", "--cuda-memory-usage=true", "--cudabacktrace=all",
+                   "--cuda-graph-trace=node", "--gpu-metrics-devices=all", "-o reports/$step", "1_baseline",
+                   "9_multi_profiles", "--sample=none"):
+        assert option in dry_run, option
+    overridden = make("-n", "profile-all", "PYTHON=python3", "NSYS_FLAGS=-t cuda,nvtx -f true").stdout
+    assert "-t cuda,nvtx -f true -o reports/$step" in overridden and "--cudabacktrace" not in overridden
+
+
+@pytest.mark.skipif(shutil.which("nsys") is not None, reason="nsys is installed here")
+def test_profile_all_without_nsys_is_one_line(tmp_path):
+    result = make("profile-all", "PYTHON=true", "NSYS=nsys-missing")  # PYTHON=true: skip the build's work
+    assert result.returncode != 0 and "error: nsys not found" in result.stdout + result.stderr
