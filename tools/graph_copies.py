@@ -21,6 +21,8 @@ from cuda.bindings import runtime as cudart  # noqa: E402
 from common import build, cli, cuda, data, engine as engines  # noqa: E402
 from common.errors import CourseError  # noqa: E402
 
+HOST_TIMED_LAUNCHES = 10
+
 
 def capture(stream, work):
     """`work()` captured after one ordinary run (the first enqueue of a shape must not be captured)."""
@@ -35,18 +37,23 @@ def capture(stream, work):
 
 
 def measure(stream, launch, repeats):
-    """(GPU ms, host ms) per launch: CUDA events around the whole loop, and the host clock around the calls."""
+    """(GPU ms, host us) per launch: CUDA events around a long loop; the host clock around a short one, started
+    on an idle stream (a long loop fills the launch queue and the host then waits for the GPU)."""
     start, stop = cuda.check(cudart.cudaEventCreate()), cuda.check(cudart.cudaEventCreate())
     launch()
     cuda.synchronize(stream)
     cuda.record(start, stream)
-    host_started = time.perf_counter()
     for _ in range(repeats):
         launch()
-    host_ms = (time.perf_counter() - host_started) * 1e3 / repeats
     cuda.record(stop, stream)
     cuda.event_synchronize(stop)
-    return cuda.check(cudart.cudaEventElapsedTime(start, stop)) / repeats, host_ms
+    gpu_ms = cuda.check(cudart.cudaEventElapsedTime(start, stop)) / repeats
+    host_started = time.perf_counter()
+    for _ in range(HOST_TIMED_LAUNCHES):
+        launch()
+    host_us = (time.perf_counter() - host_started) * 1e6 / HOST_TIMED_LAUNCHES
+    cuda.synchronize(stream)
+    return gpu_ms, host_us
 
 
 def main():
@@ -83,8 +90,8 @@ def main():
     print(f"{loaded.label}, batch {args.batch_size}, {args.repeats} repeats, {cuda.require_gpu()[0]}")
     for _ in range(2):  # twice: the spread between the two rounds is the noise
         for name, launch in variants.items():
-            gpu_ms, host_ms = measure(stream, launch, args.repeats)
-            print(f"  {name:36s} GPU {gpu_ms:7.3f} ms/batch   host {host_ms * 1e3:7.1f} us/batch")
+            gpu_ms, host_us = measure(stream, launch, args.repeats)
+            print(f"  {name:36s} GPU {gpu_ms:7.3f} ms/batch   host {host_us:7.1f} us/batch")
 
 
 if __name__ == "__main__":
