@@ -124,13 +124,13 @@ def process_output(index, logits):
 class OutputThread(threading.Thread):
     """Waits for each batch's logits, in order, processes them, and returns their host buffer."""
 
-    def __init__(self, host_outputs, outputs):
+    def __init__(self, host_outputs, outputs, timer):
         super().__init__(name="output", daemon=True)
         self.pending = queue.Queue()  # (batch index, batch size, HostOutput), then None to stop
         self.free = queue.Queue()  # host buffers the main thread may copy into
         for host_output in host_outputs:
             self.free.put(host_output)
-        self.outputs = outputs
+        self.outputs, self.timer = outputs, timer
         self.error = None
 
     def run(self):
@@ -142,6 +142,7 @@ class OutputThread(threading.Thread):
                 self.free.put(host_output)
                 process_output(index, logits)
                 self.outputs[index] = logits
+                self.timer.batch_done()
         except Exception as error:
             self.error = error
             self.free.put(None)  # wakes the main thread if it is waiting for a buffer
@@ -174,7 +175,7 @@ def main():
 
     timer = results.Timer(args.batches)
     outputs = [None] * len(batches)
-    output_thread = OutputThread(buffers[2], outputs)
+    output_thread = OutputThread(buffers[2], outputs, timer)
     output_thread.start()
     copy_in(copy_stream, slots[0], batches[0])
     for index, images in enumerate(batches):
@@ -187,7 +188,6 @@ def main():
     output_thread.pending.put(None)
     output_thread.join()
     output_thread.raise_error()
-    timer.stop()
     results.finish(__doc__, args, run, timer, outputs)
 
 

@@ -123,13 +123,13 @@ def process_output(index, logits):
 class OutputThread(threading.Thread):
     """Waits for each batch's logits, in order, processes them, and returns their host buffer."""
 
-    def __init__(self, host_outputs, outputs):
+    def __init__(self, host_outputs, outputs, timer):
         super().__init__(name="output", daemon=True)
         self.pending = queue.Queue()  # (batch index, batch size, HostOutput), then None to stop
         self.free = queue.Queue()  # host buffers the main thread may copy into
         for host_output in host_outputs:
             self.free.put(host_output)
-        self.outputs = outputs
+        self.outputs, self.timer = outputs, timer
         self.error = None
 
     def run(self):
@@ -141,6 +141,7 @@ class OutputThread(threading.Thread):
                 self.free.put(host_output)
                 process_output(index, logits)
                 self.outputs[index] = logits
+                self.timer.batch_done()
         except Exception as error:
             self.error = error
             self.free.put(None)  # wakes the main thread if it is waiting for a buffer
@@ -159,13 +160,14 @@ class OutputThread(threading.Thread):
 class ContextPipeline:
     """Step 7's pipeline for one execution context: its own streams, buffers, graphs and output thread."""
 
-    def __init__(self, run, batches, outputs):
+    def __init__(self, run, batches, outputs, timer):
         self.run, self.batches = run, batches
         self.context = run.engine.create_execution_context()
         self.copy_stream, self.compute_stream = cuda.create_stream(), cuda.create_stream()
         self.buffers = allocate(self.context, run, max(len(images) for images in batches))
         self.graphs = InferenceGraphs(self.context, self.compute_stream, run)
-        self.output_thread = OutputThread(self.buffers[2], outputs)
+        self.timer = timer
+        self.output_thread = OutputThread(self.buffers[2], outputs, timer)
 
     def warm_up(self):
         with nvtx.phase("warm-up"):  # first runs pay one-off costs (here: the captures); keep them out of the timing
@@ -174,7 +176,7 @@ class ContextPipeline:
                 infer(self.graphs, self.compute_stream, self.buffers, slot, self.buffers[2][0], len(self.batches[0]))
             cuda.synchronize(self.compute_stream)
 
-    def drive(self, claim_next, timer):
+    def drive(self, claim_next):
         """The batch loop of step 7, over the batches this pipeline claims; runs on its own thread."""
         slots, output_thread = self.buffers[0], self.output_thread
         output_thread.start()
@@ -182,7 +184,7 @@ class ContextPipeline:
         if index is not None:
             copy_in(self.copy_stream, slots[0], self.batches[index])
         while index is not None:
-            timer.start_batch(index)
+            self.timer.start_batch(index)
             host_output = output_thread.take_free_buffer()
             batch_size = len(self.batches[index])
             following = claim_next()
@@ -215,16 +217,15 @@ def main():
     run = workload.prepare(args, ENGINE, precision="fp16")
     batches = [cuda.pinned_copy(images) for images in run.batches]  # as if the data were loaded there
     outputs = [None] * len(batches)
-    pipelines = [ContextPipeline(run, batches, outputs) for _ in range(CONTEXTS)]
+    timer = results.Timer(args.batches)
+    pipelines = [ContextPipeline(run, batches, outputs, timer) for _ in range(CONTEXTS)]
     for pipeline in pipelines:
         pipeline.warm_up()
 
-    timer = results.Timer(args.batches)
     claim_next = batch_queue(range(len(batches)))
     with concurrent.futures.ThreadPoolExecutor(CONTEXTS, thread_name_prefix="context") as pool:
-        for done in [pool.submit(pipeline.drive, claim_next, timer) for pipeline in pipelines]:
+        for done in [pool.submit(pipeline.drive, claim_next) for pipeline in pipelines]:
             done.result()  # re-raises a pipeline thread's exception here
-    timer.stop()
     results.finish(__doc__, args, run, timer, outputs)
 
 

@@ -122,13 +122,13 @@ def process_output(index, logits):
 class OutputThread(threading.Thread):
     """Waits for each batch's logits, in order, processes them, and returns their host buffer."""
 
-    def __init__(self, host_outputs, outputs):
+    def __init__(self, host_outputs, outputs, timer):
         super().__init__(name="output", daemon=True)
         self.pending = queue.Queue()  # (batch index, batch size, HostOutput), then None to stop
         self.free = queue.Queue()  # host buffers the main thread may copy into
         for host_output in host_outputs:
             self.free.put(host_output)
-        self.outputs = outputs
+        self.outputs, self.timer = outputs, timer
         self.error = None
 
     def run(self):
@@ -140,6 +140,7 @@ class OutputThread(threading.Thread):
                 self.free.put(host_output)
                 process_output(index, logits)
                 self.outputs[index] = logits
+                self.timer.batch_done()
         except Exception as error:
             self.error = error
             self.free.put(None)  # wakes the main thread if it is waiting for a buffer
@@ -158,7 +159,7 @@ class OutputThread(threading.Thread):
 class ContextPipeline:
     """Step 7's pipeline for one execution context on one optimization profile."""
 
-    def __init__(self, run, batches, outputs, profile):
+    def __init__(self, run, batches, outputs, timer, profile):
         self.run, self.batches = run, batches
         self.context = run.engine.create_execution_context()
         self.copy_stream, self.compute_stream = cuda.create_stream(), cuda.create_stream()
@@ -170,7 +171,8 @@ class ContextPipeline:
         largest = max(len(batches[index]) for index in self.batch_indices)
         self.buffers = allocate(self.context, run, largest)
         self.graphs = InferenceGraphs(self.context, self.compute_stream, run)
-        self.output_thread = OutputThread(self.buffers[2], outputs)
+        self.timer = timer
+        self.output_thread = OutputThread(self.buffers[2], outputs, timer)
 
     def warm_up(self):
         with nvtx.phase("warm-up"):  # first runs pay one-off costs (here: the captures); keep them out of the timing
@@ -180,7 +182,7 @@ class ContextPipeline:
                 infer(self.graphs, self.compute_stream, self.buffers, slot, self.buffers[2][0], len(first))
             cuda.synchronize(self.compute_stream)
 
-    def drive(self, timer):
+    def drive(self):
         """The batch loop of step 7, over the batches of this pipeline's profile; runs on its own thread."""
         slots, output_thread = self.buffers[0], self.output_thread
         claim_next = batch_queue(self.batch_indices)
@@ -189,7 +191,7 @@ class ContextPipeline:
         if index is not None:
             copy_in(self.copy_stream, slots[0], self.batches[index])
         while index is not None:
-            timer.start_batch(index)
+            self.timer.start_batch(index)
             host_output = output_thread.take_free_buffer()
             batch_size = len(self.batches[index])
             following = claim_next()
@@ -232,16 +234,15 @@ def main():
     batches = [cuda.pinned_copy(images) for images in run.batches]  # as if the data were loaded there
     outputs = [None] * len(batches)
     profiles = range(run.engine.num_optimization_profiles)
-    pipelines = [ContextPipeline(run, batches, outputs, profile) for profile in profiles
+    timer = results.Timer(args.batches)
+    pipelines = [ContextPipeline(run, batches, outputs, timer, profile) for profile in profiles
                  if any(run.loaded.profile_for(len(images)) == profile for images in batches)]
     for pipeline in pipelines:
         pipeline.warm_up()
 
-    timer = results.Timer(args.batches)
     with concurrent.futures.ThreadPoolExecutor(len(pipelines), thread_name_prefix="context") as pool:
-        for done in [pool.submit(pipeline.drive, timer) for pipeline in pipelines]:
+        for done in [pool.submit(pipeline.drive) for pipeline in pipelines]:
             done.result()  # re-raises a pipeline thread's exception here
-    timer.stop()
     results.finish(__doc__, args, run, timer, outputs, images=sum(len(images) for images in batches[-3:]))
 
 

@@ -26,16 +26,20 @@ TOLERANCES = {
 class Timer:
     """Host wall time of all batches and of the last three, with an NVTX range around the timed window.
 
-    The window opens when the third-to-last batch starts and closes after the last output is processed,
-    so it always includes the work a step leaves in flight. Safe to call from several threads.
+    The timed window is the time it takes to produce the last three results: it opens when the result
+    before them is done and closes when the last one is. In a step that handles one batch at a time,
+    that is the time of the last three batches, as in the source tutorial. In a pipelined step, where
+    the next batches are already in flight when a result is done, a window opened when a batch *starts*
+    would also hold the work queued before it, and so penalize the pipeline for its depth.
+    Safe to call from several threads.
     """
 
     def __init__(self, batches):
-        self._first_timed = batches - TIMED_BATCHES
+        self._batches = batches
         self._lock = threading.Lock()
         self._started = self._window_started = self._stopped = None
         self._window_range = None
-        self._batch_starts = {}
+        self._batch_starts, self._batch_ends = {}, []
 
     def start_batch(self, index):
         with self._lock:
@@ -43,13 +47,18 @@ class Timer:
             if self._started is None:
                 self._started = now
             self._batch_starts[index] = now
-            if index == self._first_timed:
+
+    def batch_done(self):
+        """Call once a batch's output has been processed, from whichever thread processed it."""
+        with self._lock:
+            now = time.perf_counter()
+            self._batch_ends.append(now)
+            if len(self._batch_ends) == self._batches - TIMED_BATCHES:
                 self._window_started = now
                 self._window_range = nvtx.start(f"last {TIMED_BATCHES} batches")
-
-    def stop(self):
-        self._stopped = time.perf_counter()
-        nvtx.end(self._window_range)
+            elif len(self._batch_ends) == self._batches:
+                self._stopped = now
+                nvtx.end(self._window_range)
 
     @property
     def last3_ms(self):
@@ -59,10 +68,11 @@ class Timer:
     def total_ms(self):
         return (self._stopped - self._started) * 1e3
 
-    @property
-    def batch_starts_ms(self):
-        """When each batch started, in ms after the first: shows where a slow batch is."""
-        return [round((self._batch_starts[index] - self._started) * 1e3, 3) for index in sorted(self._batch_starts)]
+    def timeline_ms(self):
+        """When each batch started and when each result was done, in ms after the first start."""
+        def relative(stamps):
+            return [round((stamp - self._started) * 1e3, 3) for stamp in stamps]
+        return relative(self._batch_starts[index] for index in sorted(self._batch_starts)), relative(self._batch_ends)
 
 
 def describe_predictions(logits, top=5):
@@ -100,7 +110,7 @@ def finish(docstring, args, run, timer, outputs, images=None):
         "backend": loaded.backend, "backend_label": loaded.label, "engine": str(loaded.path),
         "precision": loaded.metadata["precision"], "device": device[0], "batches": args.batches,
         "batch_size": args.batch_size, "last3_ms": timer.last3_ms, "total_ms": timer.total_ms,
-        "batch_starts_ms": timer.batch_starts_ms,
+        "batch_starts_ms": timer.timeline_ms()[0], "results_done_ms": timer.timeline_ms()[1],
         "images_per_s": images / timer.last3_ms * 1e3, "check": check,
         "under_nsys": os.environ.get("COURSE_UNDER_NSYS") == "1",
         "command": " ".join(["python", *sys.argv]),

@@ -39,7 +39,7 @@ def test_auto_backend_says_it_uses_the_stand_in(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--batches", "2"], "must be at least 3"),
+    (["--batches", "3"], "must be at least 4"),
     (["--batch-size", "x"], "is not a whole number"),
     (["--backend", "onnx"], "invalid choice"),
 ])
