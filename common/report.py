@@ -32,9 +32,10 @@ Timestamps are nanoseconds on one clock for CPU and GPU events; globalTid % 0x10
 
 What the figures mean
 ---------------------
-All of them cover the NVTX range "last 3 batches" (the step's timed window) and are divided by 3.
-An operation counts when it overlaps the window, with its whole duration: the same selection as
-`nsys stats --filter-nvtx "last 3 batches" -r cuda_gpu_kern_sum,cuda_gpu_mem_time_sum,cuda_api_sum`, so a
+They cover the NVTX range "all batches" (the whole timed run) and are divided by its number of batches;
+traces made before that range existed fall back to "last 3 batches" (the timed window), divided by 3.
+An operation counts when it overlaps the range, with its whole duration: the same selection as
+`nsys stats --filter-nvtx "all batches" -r cuda_gpu_kern_sum,cuda_gpu_mem_time_sum,cuda_api_sum`, so a
 reader can check any figure with nsys itself. Shares of time (GPU idle, copy overlapped with compute) are
 measured inside the window. Kernel launches count the API calls that launch one kernel; a CUDA graph
 launch starts many kernels with one call and is counted separately.
@@ -59,6 +60,10 @@ from common.errors import CourseError  # noqa: E402
 
 WINDOW_RANGE = "last 3 batches"
 BATCHES_IN_WINDOW = 3
+# The range around every timed batch: per-batch counts and GPU times are read over it, divided by the
+# number of batches. The last-3 window sits at the end of the run, where a pipelined step is draining
+# (its last batches were launched before the window opened), so per-batch counts there would mislead.
+RUN_RANGE = "all batches"
 DEFAULT_REPORTS = Path("reports")
 DEFAULT_EXAMPLES = Path("results/h100-torch")
 
@@ -162,14 +167,14 @@ def sqlite_for(directory, stem, nsys):
 # Reading a trace
 
 
-def read_trace(database):
-    """Read the "last 3 batches" window of an nsys SQLite export and what overlaps it."""
+def read_trace(database, range_name=WINDOW_RANGE):
+    """Read the last NVTX range of that name in an nsys SQLite export, and what overlaps it."""
     try:
         connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
     except sqlite3.Error as error:
         raise TraceUnavailable(f"{database} not read: {error}") from None
     try:
-        window = find_window(connection, database)
+        window = find_window(connection, database, range_name)
         return Trace(
             window=window, gpu_ops=read_gpu_ops(connection, window),
             ranges=read_nvtx_ranges(connection, window), api_calls=read_api_calls(connection, window),
@@ -193,15 +198,15 @@ def nvtx_name_sql(connection):
     return "n.text"
 
 
-def find_window(connection, database):
-    """(start, end) in ns of the last "last 3 batches" NVTX range."""
+def find_window(connection, database, range_name=WINDOW_RANGE):
+    """(start, end) in ns of the last NVTX range named range_name."""
     if not columns(connection, "NVTX_EVENTS"):
         raise TraceUnavailable(f"{database} has no NVTX events (profile with `nsys profile -t cuda,nvtx`)")
     row = connection.execute(
         f"SELECT n.start, n.end FROM NVTX_EVENTS AS n WHERE {nvtx_name_sql(connection)} = ? AND n.end > n.start "
-        "ORDER BY n.start DESC LIMIT 1", (WINDOW_RANGE,)).fetchone()
+        "ORDER BY n.start DESC LIMIT 1", (range_name,)).fetchone()
     if row is None:
-        raise TraceUnavailable(f"{database} has no NVTX range {WINDOW_RANGE!r} (is it a trace of a course step?)")
+        raise TraceUnavailable(f"{database} has no NVTX range {range_name!r} (is it a trace of a course step?)")
     return row
 
 
@@ -279,9 +284,9 @@ def read_export_version(connection):
 # Figures from a trace
 
 
-def trace_figures(trace):
-    """The per-batch figures of the summary table; see the module docstring for what each one means."""
-    per_batch_ms = lambda ns: ns / 1e6 / BATCHES_IN_WINDOW  # noqa: E731
+def trace_figures(trace, batches=BATCHES_IN_WINDOW):
+    """The per-batch figures of the summary table over a trace's range holding `batches` batches."""
+    per_batch_ms = lambda ns: ns / 1e6 / batches  # noqa: E731
     durations = {kind: sum(op.end - op.start for op in trace.gpu_ops if op.kind == kind) for kind in GPU_COLORS}
     window_ns = trace.window[1] - trace.window[0]
     busy = union(clip(op, trace.window) for op in trace.gpu_ops)
@@ -292,8 +297,8 @@ def trace_figures(trace):
         h2d_ms=per_batch_ms(durations["H2D"]), kernel_ms=per_batch_ms(durations["kernel"]),
         d2h_ms=per_batch_ms(durations["D2H"]),
         gpu_idle_pct=100.0 * (1 - total_length(busy) / window_ns),
-        kernel_launches=sum(name in KERNEL_LAUNCH_CALLS for name, _ in trace.api_calls) / BATCHES_IN_WINDOW,
-        graph_launches=sum(name in GRAPH_LAUNCH_CALLS for name, _ in trace.api_calls) / BATCHES_IN_WINDOW,
+        kernel_launches=sum(name in KERNEL_LAUNCH_CALLS for name, _ in trace.api_calls) / batches,
+        graph_launches=sum(name in GRAPH_LAUNCH_CALLS for name, _ in trace.api_calls) / batches,
         copy_overlap_pct=100.0 * total_length(intersection(copies, kernels)) / copy_ns if copy_ns else None)
 
 
@@ -395,7 +400,7 @@ def speedups(ladder):
 # The summary table
 
 
-def write_summary(path, ladder, traces, notes, source_line):
+def write_summary(path, ladder, traces, figures, notes, source_line):
     """reports/summary.md: what the runs were, one row per step, then the trace figures and notes."""
     lines = ["# Results of the inference ladder", ""]
     if any(result.get("backend") == "torch" for result in ladder):
@@ -412,14 +417,15 @@ def write_summary(path, ladder, traces, notes, source_line):
             f"| {step_label(result)} | {cell(result.get('lesson', ''))} | {result['last3_ms']:.2f} "
             f"| {result['last3_ms'] / BATCHES_IN_WINDOW:.2f} | {f'{throughput:,.0f}' if throughput else '–'} "
             f"| {times(over_baseline)} | {times(over_previous)} | {cell(check_text(result.get('check')))} |")
-    lines += ["", f"## From the Nsight Systems traces (per batch, over the NVTX range \"{WINDOW_RANGE}\")", "",
-              "H2D, kernel and D2H: summed GPU time of the operations that overlap the range, divided by 3. "
-              "GPU idle: share of the range with no kernel, copy or memset running. Launches: API calls per "
-              "batch. Overlap: share of the copy time during which a kernel also ran.", "",
+    ranges = sorted({range_name for _, range_name in figures.values()}) or [RUN_RANGE]
+    lines += ["", f"## From the Nsight Systems traces (per batch, over the NVTX range \"{'/'.join(ranges)}\")", "",
+              "H2D, kernel and D2H: summed GPU time of the operations that overlap the range, divided by its "
+              "number of batches. GPU idle: share of the range with no kernel, copy or memset running. Launches: "
+              "API calls per batch. Overlap: share of the copy time during which a kernel also ran.", "",
               "| step | H2D (ms) | kernels (ms) | D2H (ms) | GPU idle (%) | kernel launches | graph launches "
               "| copy overlapped with compute (%) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for result in ladder:
-        lines.append(figures_row(result, traces.get(result["stem"])))
+        lines.append(figures_row(result, figures.get(result["stem"], (None, None))[0]))
     versions = sorted({trace.nsys_version for trace in traces.values()})
     if versions:
         lines += ["", f"Traces exported by Nsight Systems {', '.join(versions)}."]
@@ -467,10 +473,9 @@ def check_text(check):
     return f"{verdict}: {check['summary']}" if check.get("summary") else verdict
 
 
-def figures_row(result, trace):
-    if trace is None:
+def figures_row(result, f):
+    if f is None:
         return f"| {step_label(result)} | – | – | – | – | – | – | – |"
-    f = trace_figures(trace)
     overlap = f"{f.copy_overlap_pct:.1f}" if f.copy_overlap_pct is not None else "no copies"
     return (f"| {step_label(result)} | {f.h2d_ms:.3f} | {f.kernel_ms:.3f} | {f.d2h_ms:.3f} | {f.gpu_idle_pct:.1f} "
             f"| {count(f.kernel_launches)} | {count(f.graph_launches)} | {overlap} |")
@@ -661,19 +666,29 @@ def build_report(source, output, nsys, source_line):
     if not ladder:
         raise CourseError(f"no step result in {source}/ has a timed window (\"last3_ms\")")
     output.mkdir(parents=True, exist_ok=True)
-    traces = {}
+    traces, figures = {}, {}
     for result in ladder:
         try:
-            traces[result["stem"]] = read_trace(sqlite_for(source, result["stem"], nsys))
+            database = sqlite_for(source, result["stem"], nsys)
+            traces[result["stem"]] = read_trace(database)
+            figures[result["stem"]] = run_figures(database, result, traces[result["stem"]])
         except TraceUnavailable as reason:
             notes.append(f"{result['stem']}: no trace figures: {reason}")
-    write_summary(output / "summary.md", ladder, traces, notes, source_line)
+    write_summary(output / "summary.md", ladder, traces, figures, notes, source_line)
     plot_ladder(output / "ladder.png", ladder)
     for result in ladder:
         if result["stem"] in traces:
             title = f"{result['stem']}: {result.get('lesson', '')}"
             plot_timeline(output / f"timeline_{result['stem']}.png", traces[result["stem"]], title)
     return notes, len(traces)
+
+
+def run_figures(database, result, window_trace):
+    """Per-batch figures over the "all batches" range; over the last-3 window for traces made before it existed."""
+    try:
+        return trace_figures(read_trace(database, RUN_RANGE), result["batches"]), RUN_RANGE
+    except TraceUnavailable:
+        return trace_figures(window_trace), WINDOW_RANGE
 
 
 def parse_arguments(argv=None):

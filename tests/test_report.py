@@ -59,13 +59,13 @@ def fixture_id(path):
 # Independent computations
 
 
-def independent_window(db):
-    """The last "last 3 batches" range, found by scanning every NVTX event's text in Python."""
+def independent_window(db, name="last 3 batches"):
+    """The last range of that name, found by scanning every NVTX event's text in Python."""
     text_id = "textId" in {row[1] for row in db.execute("PRAGMA table_info(NVTX_EVENTS)")}
     strings = dict(db.execute("SELECT id, value FROM StringIds"))
     events = db.execute(f"SELECT start, end, text{', textId' if text_id else ''} FROM NVTX_EVENTS").fetchall()
     windows = [(e[0], e[1]) for e in events if e[1] is not None
-               and (e[2] or (strings.get(e[3]) if text_id else None)) == "last 3 batches"]
+               and (e[2] or (strings.get(e[3]) if text_id else None)) == name]
     return max(windows)
 
 
@@ -134,6 +134,26 @@ def test_trace_figures_match_independent_computation(database):
     assert figures.copy_overlap_pct == pytest.approx(overlap_pct, abs=1e-9)
 
 
+@pytest.mark.parametrize("database", sorted(COURSE_FIXTURES.glob("*.sqlite")), ids=fixture_id)
+def test_run_range_figures_match_independent_computation(database):
+    """The summary's figures: over the "all batches" range, divided by the step's batch count."""
+    batches = json.loads(database.with_suffix(".json").read_text())["batches"]
+    trace = report.read_trace(database, report.RUN_RANGE)
+    figures = report.trace_figures(trace, batches)
+    db = sqlite3.connect(database)
+    window = independent_window(db, "all batches")
+    assert trace.window == window
+    kernel_ns = db.execute("SELECT SUM(end - start) FROM CUPTI_ACTIVITY_KIND_KERNEL WHERE start < ? AND end > ?",
+                           (window[1], window[0])).fetchone()[0]
+    idle_pct, overlap_pct = sweep_shares(db, window)
+    assert figures.h2d_ms == pytest.approx(copy_ns(db, window, "Host-to-Device") / batches / 1e6, rel=1e-12)
+    assert figures.kernel_ms == pytest.approx(kernel_ns / batches / 1e6, rel=1e-12)
+    assert figures.kernel_launches == launches_that_started(db, window, graph=False) / batches
+    assert figures.graph_launches == launches_that_started(db, window, graph=True) / batches
+    assert figures.gpu_idle_pct == pytest.approx(idle_pct, abs=1e-9)
+    assert figures.copy_overlap_pct == pytest.approx(overlap_pct, abs=1e-9)
+
+
 def nsys_stats(database, report_name):
     path = database.with_name(f"{database.stem}.{report_name}.csv")
     if not path.exists():
@@ -173,21 +193,27 @@ def test_probe_traces_show_what_each_technique_changes():
     assert figures["graph"].graph_launches == 1 and figures["graph"].kernel_launches == 0
 
 
+def course_figures(pattern):
+    """Per-batch figures of a course fixture over its "all batches" range, as the summary shows them."""
+    database = course_trace(pattern)
+    batches = json.loads(database.with_suffix(".json").read_text())["batches"]
+    return report.trace_figures(report.read_trace(database, report.RUN_RANGE), batches)
+
+
 def test_cuda_graph_step_launches_one_graph_per_batch():
-    figures = report.trace_figures(report.read_trace(course_trace("7_*")))
-    assert figures.graph_launches == pytest.approx(1, abs=0.34)  # ~1 a batch
+    figures = course_figures("7_*")
+    assert figures.graph_launches == 1
     assert figures.kernel_launches < 10  # instead of one launch per kernel
 
 
 def test_baseline_step_launches_every_kernel_and_overlaps_nothing():
-    figures = report.trace_figures(report.read_trace(course_trace("1_*")))
+    figures = course_figures("1_*")
     assert figures.kernel_launches > 10 and figures.graph_launches == 0
     assert figures.copy_overlap_pct in (0, None)
 
 
 def test_two_stream_step_overlaps_copies_with_compute():
-    one_stream = report.trace_figures(report.read_trace(course_trace("4_*")))
-    two_streams = report.trace_figures(report.read_trace(course_trace("5_*")))
+    one_stream, two_streams = course_figures("4_*"), course_figures("5_*")
     assert two_streams.copy_overlap_pct > (one_stream.copy_overlap_pct or 0) + 10
 
 

@@ -4,7 +4,8 @@
 
 A full export of one step is about 100 MB (GPU metrics, backtraces, OS runtime calls). This keeps the
 tables the report reads (plus the enumeration tables the tests use to check it independently), keeps
-only the rows near the NVTX range "last 3 batches", drops unreferenced strings and compacts the file.
+only the rows near the NVTX range "all batches" (or "last 3 batches" in traces made before that range
+existed), drops unreferenced strings and compacts the file.
 It then reads both files with the report and refuses to write a trimmed copy whose figures differ.
 """
 import argparse
@@ -15,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere in the repo
 
-from common.report import TraceUnavailable, find_window, read_trace, trace_figures  # noqa: E402
+from common.report import RUN_RANGE, TraceUnavailable, find_window, read_trace, trace_figures  # noqa: E402
 
 KEPT_TABLES = {
     # read by common/report.py
@@ -39,7 +40,10 @@ def trim(source, target, margin_ns):
     shutil.copyfile(source, target)
     connection = sqlite3.connect(target)
     try:
-        window = find_window(connection, source)
+        try:
+            window = find_window(connection, source, RUN_RANGE)
+        except TraceUnavailable:
+            window = find_window(connection, source)
         keep_from, keep_to = window[0] - margin_ns, window[1] + margin_ns
         tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         for table in sorted(tables - KEPT_TABLES - {"sqlite_sequence"}):
@@ -68,6 +72,16 @@ def drop_unused_strings(connection, tables):
     connection.execute(f"DELETE FROM StringIds WHERE id NOT IN ({' UNION '.join(used)})")
 
 
+def figures_of(database):
+    """The report's figures over both ranges it reads (the run range only where the trace has it)."""
+    figures = [trace_figures(read_trace(database))]
+    try:
+        figures.append(trace_figures(read_trace(database, RUN_RANGE)))
+    except TraceUnavailable:
+        pass
+    return figures
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("source", type=Path, help="an nsys SQLite export (nsys export --type sqlite)")
@@ -81,7 +95,7 @@ def main(argv=None):
         sys.exit("error: the target must differ from the source (the source is checked against it)")
     try:
         trim(args.source, args.target, int(args.margin_ms * 1e6))
-        before, after = trace_figures(read_trace(args.source)), trace_figures(read_trace(args.target))
+        before, after = figures_of(args.source), figures_of(args.target)
     except (TraceUnavailable, sqlite3.Error) as error:
         args.target.unlink(missing_ok=True)
         sys.exit(f"error: {error}")
