@@ -65,7 +65,7 @@ def count_calls(monkeypatch, module, owner, name):
 def test_device_allocations_per_batch(workdir, monkeypatch, step, per_batch):
     """Step 1 calls cudaMalloc for every batch; step 2 allocates the same number whatever the batch count."""
     counts = []
-    for batches in ("3", "5"):
+    for batches in ("4", "6"):
         module = load_step(step, monkeypatch, workdir, "--batches", batches)
         mallocs = count_calls(monkeypatch, module, module.cuda, "malloc")
         module.main()
