@@ -448,8 +448,10 @@ def describe_runs(ladder, source_line):
     return [f"- Device: {distinct('device')}",
             f"- Backend: {distinct('backend_label')}",
             f"- Workload: {distinct('batches')} batches of {distinct('batch_size')} images; the timed window is "
-            f"the last {BATCHES_IN_WINDOW} batches",
-            f"- Taken: {taken} (commands at the end)",
+            f"the time to produce the last {BATCHES_IN_WINDOW} results",
+            f"- Taken: {taken} (commands at the end){profiling_note(ladder)}: tracing adds to every CUDA "
+            "call's host time, so launch-bound steps look slower than in `make run-all`" if profiling_note(ladder)
+            else f"- Taken: {taken} (commands at the end)",
             f"- Source: {source_line}"]
 
 
@@ -513,7 +515,15 @@ def ladder_subtitle(ladder):
     backends = sorted({str(r["backend_label"]) for r in ladder if r.get("backend_label")})
     sizes = sorted({str(r["batch_size"]) for r in ladder if r.get("batch_size")})
     return f"{', '.join(devices) or 'unknown device'}; {', '.join(backends) or 'unknown backend'}; " \
-           f"batches of {', '.join(sizes) or '?'} images"
+           f"batches of {', '.join(sizes) or '?'} images{profiling_note(ladder)}"
+
+
+def profiling_note(ladder):
+    """Runs under nsys pay its tracing cost on every CUDA call: say so wherever their times are shown."""
+    profiled = [r for r in ladder if r.get("under_nsys")]
+    if not profiled:
+        return ""
+    return "; timed under nsys" if len(profiled) == len(ladder) else f"; {len(profiled)} step(s) timed under nsys"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -583,7 +593,7 @@ def stream_lanes_of(trace):
 
 def thread_lanes_of(trace):
     """(thread, rows) for each thread with NVTX ranges in the window; the main thread first."""
-    shown = [r for r in trace.ranges if r.name != WINDOW_RANGE]  # the window is the whole time axis
+    shown = [r for r in trace.ranges if r.name not in (WINDOW_RANGE, RUN_RANGE)]  # they span the whole axis
     threads = sorted({r.thread for r in shown}, key=lambda t: (not is_main_thread(t), min(
         r.start for r in shown if r.thread == t)))
     return [(thread, stack_rows([r for r in shown if r.thread == thread])) for thread in threads]
