@@ -21,7 +21,11 @@ NSYS_FLAGS ?= -t cuda,nvtx,osrt,cudnn,cublas --cuda-memory-usage=true --cudaback
 SETUP := $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/.installed,)
 RUN := BACKEND=$(BACKEND) $(PYTHON)
 
-.PHONY: setup build run-all profile-all report test clean $(STEPS)
+# Beyond the ladder: not rungs (their --batch-size means the largest batch), run without nsys.
+BATCHING := 10_batch_size_sweep 11_dynamic_batching
+BATCHING_ARGS ?=
+
+.PHONY: setup build run-all profile-all batching report test clean
 
 setup: $(SETUP)
 
@@ -43,6 +47,7 @@ build: $(SETUP)
 	$(RUN) 0_build.py --precision fp32
 	$(RUN) 0_build.py --precision fp16
 	$(RUN) 0_build.py --precision fp16 --profile 1:16:32 --profile 33:128:128 --name resnet18_fp16_2profiles
+	$(RUN) 0_build.py --precision fp16 --profile 1:256:1024 --name resnet18_fp16_wide
 
 run-all: build
 	@set -e; for step in $(STEPS); do echo "== $$step"; $(RUN) $$step.py --reports $(REPORTS) $(STEP_ARGS); done
@@ -55,6 +60,9 @@ profile-all: build
 	    COURSE_UNDER_NSYS=1 BACKEND=$(BACKEND) $(NSYS) profile $(NSYS_FLAGS) -o $(REPORTS)/$$step \
 	        $(PYTHON) $$step.py --reports $(REPORTS) $(STEP_ARGS); done
 	$(MAKE) --no-print-directory report
+
+batching: build
+	@set -e; for step in $(BATCHING); do echo "== $$step"; $(RUN) $$step.py --reports $(REPORTS) $(BATCHING_ARGS); done
 
 report: $(SETUP)
 	$(PYTHON) -m common.report --reports $(REPORTS)

@@ -94,7 +94,7 @@ def build_engine(name, backend, precision, profiles, weights_path, workspace_mib
     started = time.perf_counter()
     target = engine_path(name, backend)
     target.parent.mkdir(parents=True, exist_ok=True)
-    onnx_path = ENGINE_DIR / f"resnet18_{precision}.onnx"
+    onnx_path = ENGINE_DIR / f"{name}.onnx"  # per engine: its batch range is part of the export
     max_batch = max(high for _, _, high in profiles)
     print(f"exporting {onnx_path} (ResNet-18, {precision}, batch 1..{max_batch}) ...")
     export_onnx(weights_path, precision, onnx_path, max_batch)

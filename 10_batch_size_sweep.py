@@ -1,0 +1,534 @@
+"""Batch-size sweep: throughput climbs with the batch size until the GPU is full; latency keeps climbing.
+
+Not a rung of the ladder: it measures step 7's pipeline (pinned memory, a copy stream and a compute stream
+ordered by events, a CUDA graph per batch size) at every batch size from 1 to the engine's largest, on
+an engine built with a wide dynamic batch range. It answers "which batch size?".
+Why the curve has this shape: every batch pays fixed costs (kernel launches and the host's work per
+call, kernels too small to fill the GPU's SMs), which a larger batch spreads over more images, so
+images/s climbs. Once the GPU is busy, a batch twice as large takes about twice as long: throughput
+flattens, or even falls (activations that no longer fit in the L2 cache, kernels tuned for another
+shape), while the latency of a batch keeps growing with its size. "Larger is better" ends at the knee:
+the smallest batch within --knee-within percent (default 5) of the peak throughput. Past the knee you
+pay much more latency for a few percent of throughput; past the peak you lose both. The table marks
+the trade-offs (batches that no other batch beats on both latency and throughput) and, with
+--latency-budget-ms, the best batch that meets a latency budget. Where the knee lies depends on the
+model, the GPU and the precision: measure it, do not guess.
+- Latency: one batch alone (H2D, inference, D2H), host clock around it, median of --batches runs.
+- Throughput: batches back to back, the next batch's H2D overlapping this batch's inference (step 5),
+  at least --batches of them and enough to last 0.25 s; images per second. There is no output thread:
+  the logits are checked once per batch size instead of being processed per batch.
+- A batch that does not fit in GPU memory is reported as "out of memory" and the sweep goes on. (On
+  TensorRT, a context reserves the activation memory of its profile's largest batch when it is created,
+  so there the failure comes at the start: build a narrower profile.)
+- For comparison, the same sweep of plain eager PyTorch in fp16 (same copies, streams and timing, no
+  CUDA graph, default memory layout): what you would run without TensorRT. On the stand-in
+  (BACKEND=torch) both sweeps are PyTorch, and the gap is what the CUDA graph and channels-last layout
+  are worth, not what TensorRT's kernels are.
+
+What to look for (the table, and reports/10_batch_size_sweep.png):
+- images/s rising steeply at small batches, then flat: the knee is where "flat" starts;
+- latency nearly constant at small batches (the GPU is not full), then proportional to the batch;
+- eager PyTorch far behind at small batches, where launching kernels one by one is the bottleneck,
+  and closer at large ones, where the GPU's work dominates.
+
+Run: python 0_build.py --precision fp16 --profile 1:256:1024 --name resnet18_fp16_wide
+     python 10_batch_size_sweep.py (--help for the options)
+"""
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+
+from common import batching, build, cli, cuda, data, engine as engines, nvtx, results
+from common.errors import CourseError
+
+matplotlib.use("Agg")  # files only: no display needed
+import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
+from matplotlib import ticker  # noqa: E402
+
+ENGINE = "resnet18_fp16_wide"
+PRECISION = "fp16"
+MIN_SECONDS = 0.25  # each throughput figure: long enough that the host clock's jitter does not matter
+REFERENCE_CHUNK = 128  # the fp32 reference is computed in chunks: a 1024-image fp32 batch may not fit
+
+
+def whole_number(minimum):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+    return parse
+
+
+def number_in(low, high, low_allowed=False):
+    """A float above `low` (or equal to it, where allowed) and below `high` (None: no upper limit)."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        too_low = value < low or (value == low and not low_allowed)
+        if not math.isfinite(value) or too_low or (high is not None and value >= high):
+            bounds = f"at least {low:g}" if low_allowed else f"above {low:g}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}" + (f" and below {high:g}" if high else "")
+                                             + f", not {text}")
+        return value
+    return parse
+
+
+def parse_args():
+    shared = cli.parser(__doc__)
+    # The shared options, with --batch-size and --batches given this step's meaning ("resolve" lets a redefinition win).
+    parser = argparse.ArgumentParser(description=shared.description, parents=[shared], conflict_handler="resolve")
+    parser.add_argument("--batch-size", type=whole_number(1),
+                        help="the largest batch size to try (default: the largest the engine's profile takes)")
+    parser.add_argument("--batches", type=whole_number(3), default=10,
+                        help="runs timed per batch size for each figure (default 10; small batches run more, "
+                             f"to last at least {MIN_SECONDS} s)")
+    parser.add_argument("--knee-within", type=number_in(0, 100, low_allowed=True), default=5.0, metavar="PERCENT",
+                        help="the knee is the smallest batch within this many percent of the peak throughput "
+                             "(default 5)")
+    parser.add_argument("--latency-budget-ms", type=number_in(0, None), action="append", metavar="MS",
+                        help="also name the best batch whose latency fits this budget (repeatable)")
+    parser.add_argument("--no-pytorch", action="store_true", help="skip the plain PyTorch sweep")
+    return parser.parse_args()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The pipeline, per batch size
+
+@dataclasses.dataclass
+class InputSlot:
+    """A device input buffer for one batch in flight, and the two events that guard it."""
+    address: int
+    copied: object  # on the copy stream, after the H2D: the inference may read the buffer
+    consumed: object  # on the compute stream, after the inference: the next H2D may overwrite it
+
+
+@dataclasses.dataclass
+class Buffers:
+    """One batch size's device buffers: two input slots (double buffering) and the output."""
+    slots: list
+    output_address: int
+    batch_size: int
+
+
+class Pipeline:
+    """Step 7's streams, events and copies; a subclass says how the inference itself is queued."""
+
+    def __init__(self, input_spec, output_spec, largest):
+        self.input, self.output = input_spec, output_spec
+        self.copy_stream, self.compute_stream = cuda.create_stream(), cuda.create_stream()
+        self.events = [(cuda.create_event(), cuda.create_event()) for _ in range(2)]
+        self.host_logits = cuda.pinned_empty(output_spec.shape_for(largest), output_spec.dtype)
+        self.logits_copied = cuda.create_event()
+
+    @contextlib.contextmanager
+    def buffers(self, batch_size):
+        """This batch size's device buffers, freed afterwards, also when one of them does not fit."""
+        addresses = []
+        try:
+            for nbytes in (self.input.nbytes(batch_size),) * 2 + (self.output.nbytes(batch_size),):
+                addresses.append(cuda.malloc(nbytes))
+            slots = [InputSlot(address, *events) for address, events in zip(addresses, self.events)]
+            yield Buffers(slots, addresses[2], batch_size)
+        finally:
+            for stream in (self.copy_stream, self.compute_stream):  # nothing may still use them
+                cuda.synchronize(stream)
+            for address in addresses:
+                cuda.free(address)
+
+    def copy_in(self, slot, images):
+        """Queue a batch's H2D on the copy stream, after the slot's previous inference has consumed it."""
+        with nvtx.phase("h2d"):
+            cuda.wait(self.copy_stream, slot.consumed)
+            cuda.memcpy_htod_async(slot.address, images, self.copy_stream)
+            cuda.record(slot.copied, self.copy_stream)
+
+    def infer(self, buffers, slot):
+        """Queue the inference (after the slot's H2D) and the D2H on the compute stream; no waiting here."""
+        with nvtx.phase("infer"):
+            cuda.wait(self.compute_stream, slot.copied)
+            self.launch(buffers, slot)
+            cuda.record(slot.consumed, self.compute_stream)
+        with nvtx.phase("d2h"):
+            cuda.memcpy_dtoh_async(self.host_logits[:buffers.batch_size], buffers.output_address,
+                                   self.compute_stream)
+            cuda.record(self.logits_copied, self.compute_stream)
+
+    def prepare(self, buffers):
+        """Whatever must happen once per batch size before timing (bind buffers, capture graphs)."""
+
+    def launch(self, buffers, slot):
+        raise NotImplementedError
+
+    def release(self):
+        """Drop what prepare() made for the batch size just measured."""
+
+
+class EnginePipeline(Pipeline):
+    """The engine behind step 7's CUDA graphs: one graph per input slot, captured for each batch size."""
+    name = "engine"
+
+    def __init__(self, loaded, largest):
+        super().__init__(loaded.input, loaded.output, largest)
+        self.label = loaded.label
+        self.context = loaded.engine.create_execution_context()
+        if self.context is None:  # TensorRT: it could not reserve the profile's activation memory
+            raise CourseError(f"could not create an execution context for {loaded.path} (out of GPU memory?): "
+                              "build an engine with a smaller --profile MAX")
+        self.graphs = {}
+        self.capturable = True
+
+    def enqueue(self, buffers, slot):
+        self.context.set_input_shape(self.input.name, self.input.shape_for(buffers.batch_size))
+        self.context.set_tensor_address(self.input.name, slot.address)
+        if not self.context.execute_async_v3(self.compute_stream):
+            raise CourseError("execute_async_v3 failed: see the engine's log above")
+
+    def capture(self, buffers, slot):
+        with nvtx.phase("capture"):
+            self.enqueue(buffers, slot)  # outside the capture: finishes the shape's lazy set-up (see step 7)
+            cuda.begin_capture(self.compute_stream)
+            try:
+                self.enqueue(buffers, slot)
+            finally:
+                graph = cuda.end_capture(self.compute_stream)  # always end it, or the stream stays capturing
+        return graph
+
+    def prepare(self, buffers):
+        self.context.set_tensor_address(self.output.name, buffers.output_address)
+        for slot in buffers.slots:
+            if not self.capturable:
+                break
+            try:
+                self.graphs[slot.address] = self.capture(buffers, slot)
+            except CourseError as error:
+                if batching.is_out_of_memory(error):
+                    raise
+                print(f"note: this engine cannot be captured into a CUDA graph ({error}); running it without one")
+                self.capturable = False
+
+    def launch(self, buffers, slot):
+        if slot.address in self.graphs:
+            cuda.launch_graph(self.graphs[slot.address], self.compute_stream)
+        else:
+            self.enqueue(buffers, slot)
+
+    def release(self):
+        """A graph replays fixed addresses: once this batch size's buffers are freed, its graphs must go too."""
+        cuda.synchronize(self.compute_stream)
+        for graph in self.graphs.values():
+            cuda.check(cuda.cudart.cudaGraphExecDestroy(graph))
+        self.graphs.clear()
+
+
+class DeviceArray:
+    """Raw device memory presented to PyTorch (CUDA Array Interface), so eager PyTorch uses the same buffers."""
+
+    def __init__(self, address, shape, dtype):
+        self.__cuda_array_interface__ = {"shape": tuple(shape), "typestr": np.dtype(dtype).str,
+                                         "data": (address, False), "version": 3, "strides": None, "stream": None}
+
+
+class EagerPyTorch(Pipeline):
+    """Plain eager PyTorch in fp16, kernel by kernel, with the same buffers, copies and streams."""
+    name = "pytorch"
+
+    def __init__(self, input_spec, output_spec, largest):
+        super().__init__(input_spec, output_spec, largest)
+        self.label = f"eager PyTorch {torch.__version__}, fp16"
+        self.model = data.Fp16Compute(data.load_model(build.WEIGHTS_PATH)).cuda().eval()
+        self.torch_stream = torch.cuda.ExternalStream(self.compute_stream)
+        self.views = {}
+
+    def prepare(self, buffers):
+        size = buffers.batch_size
+        for address, spec in [(slot.address, self.input) for slot in buffers.slots] + [
+                (buffers.output_address, self.output)]:
+            self.views[address] = torch.as_tensor(DeviceArray(address, spec.shape_for(size), spec.dtype), device="cuda")
+
+    def launch(self, buffers, slot):
+        try:
+            with torch.cuda.stream(self.torch_stream), torch.inference_mode():
+                self.views[buffers.output_address].copy_(self.model(self.views[slot.address]))
+        except torch.cuda.OutOfMemoryError:
+            raise CourseError(f"out of GPU memory running a batch of {buffers.batch_size} in PyTorch") from None
+
+    def release(self):
+        cuda.synchronize(self.compute_stream)
+        self.views.clear()
+        torch.cuda.empty_cache()  # give back what this size cached, so the next size has the memory
+
+
+# ---------------------------------------------------------------------------------------------------
+# Measuring
+
+def run_alone(pipeline, buffers, images):
+    """One batch with nothing else in flight, from its H2D to its logits on the host: its latency in ms."""
+    started = time.perf_counter()
+    pipeline.copy_in(buffers.slots[0], images)
+    pipeline.infer(buffers, buffers.slots[0])
+    cuda.event_synchronize(pipeline.logits_copied)
+    return (time.perf_counter() - started) * 1e3
+
+
+def run_back_to_back(pipeline, buffers, images, count):
+    """`count` batches as step 5 queues them (the next H2D overlapping this inference): images per second."""
+    started = time.perf_counter()
+    pipeline.copy_in(buffers.slots[0], images)
+    for index in range(count):
+        if index + 1 < count:  # prefetch first: the copy runs while this batch's inference is queued and runs
+            pipeline.copy_in(buffers.slots[(index + 1) % 2], images)
+        pipeline.infer(buffers, buffers.slots[index % 2])
+    cuda.synchronize(pipeline.compute_stream)
+    return count * len(images) / (time.perf_counter() - started)
+
+
+def measure(pipeline, images, reference, batch_size, runs):
+    """One batch size's row: latency, throughput, and its logits checked against the reference."""
+    batch = images[:batch_size]
+    range_id = nvtx.start(f"{pipeline.name}: batch size {batch_size}")
+    try:
+        with pipeline.buffers(batch_size) as buffers:
+            try:
+                pipeline.prepare(buffers)
+                with nvtx.phase("warm-up"):  # first runs pay one-off costs; keep them out of the figures
+                    for _ in range(2):
+                        run_alone(pipeline, buffers, batch)
+                latency_ms = statistics.median(run_alone(pipeline, buffers, batch) for _ in range(runs))
+                count = max(runs, math.ceil(MIN_SECONDS * 1e3 / latency_ms))
+                images_per_s = run_back_to_back(pipeline, buffers, batch, count)
+                logits = pipeline.host_logits[:batch_size].copy()
+            finally:
+                pipeline.release()
+    finally:
+        nvtx.end(range_id)
+    check = results.check_outputs([logits], [reference[:batch_size]], PRECISION)
+    return batching.SweepRow(batch_size, latency_ms, images_per_s, check=check)
+
+
+def sweep(pipeline, batch_sizes, images, reference, runs):
+    print(f"{pipeline.name}: {pipeline.label}")
+    print(f"  {'batch':>6} {'latency ms':>11} {'ms/image':>9} {'images/s':>10}  check")
+
+    def show(row):
+        if row.measured:
+            verdict = "pass" if row.check["passed"] else f"FAIL: {row.check['summary']}"
+            print(f"  {row.batch_size:>6} {row.latency_ms:>11.3f} {row.latency_ms / row.batch_size:>9.4f} "
+                  f"{row.images_per_s:>10,.0f}  {verdict}", flush=True)
+        else:
+            print(f"  {row.batch_size:>6} {row.failure}: the sweep goes on", flush=True)
+    return batching.run_sweep(batch_sizes, lambda size: measure(pipeline, images, reference, size, runs), show)
+
+
+# ---------------------------------------------------------------------------------------------------
+# What the figures say
+
+def summarize(name, label, rows, within, budgets):
+    """The sweep's rows with their marks, and the knee, peak and trade-offs, as the JSON keeps them."""
+    knee, best = batching.find_knee(rows, within), batching.peak(rows)
+    notes = batching.marks(rows, within)
+    return {
+        "name": name, "label": label,
+        "rows": [{**dataclasses.asdict(row), "marks": notes[row.batch_size]} for row in rows],
+        "knee": knee.batch_size if knee else None, "peak": best.batch_size if best else None,
+        "trade_offs": [row.batch_size for row in batching.trade_offs(rows)],
+        "out_of_memory": [row.batch_size for row in rows if row.failure == batching.OUT_OF_MEMORY],
+        "within_budget": {f"{budget:g}": getattr(batching.best_within_latency(rows, budget), "batch_size", None)
+                          for budget in budgets},
+    }
+
+
+def print_table(summary, within):
+    """The sweep with its marks, then what they mean for choosing a batch size."""
+    rows = {row["batch_size"]: row for row in summary["rows"]}
+    best = rows[summary["peak"]] if summary["peak"] else None
+    print(f"\n{summary['name']}: {summary['label']}")
+    print(f"  {'batch':>6} {'latency ms':>11} {'ms/image':>9} {'images/s':>10} {'% of peak':>9}  marks")
+    for size, row in rows.items():
+        if row["failure"]:
+            print(f"  {size:>6} {row['failure']:>11}")
+            continue
+        share = row["images_per_s"] / best["images_per_s"] * 100
+        print(f"  {size:>6} {row['latency_ms']:>11.3f} {row['latency_ms'] / size:>9.4f} {row['images_per_s']:>10,.0f} "
+              f"{share:>9.1f}  {', '.join(row['marks'])}")
+    if best is None:
+        print("  no batch size could be measured")
+        return
+    knee = rows[summary["knee"]]
+    print(f"  knee: batch {knee['batch_size']}, the smallest within {within:.0%} of the peak "
+          f"({knee['images_per_s']:,.0f} images/s at {knee['latency_ms']:.2f} ms per batch)")
+    if best is knee:
+        print("  peak: the knee itself (no larger batch does more)")
+    else:
+        print(f"  peak: batch {best['batch_size']} ({best['images_per_s']:,.0f} images/s at "
+              f"{best['latency_ms']:.2f} ms): "
+              f"{best['images_per_s'] / knee['images_per_s'] - 1:+.1%} throughput for "
+              f"{best['latency_ms'] / knee['latency_ms']:.1f}x the knee's latency")
+    print(f"  trade-offs (no other batch is both faster and does more): {summary['trade_offs']}")
+    for budget, size in summary["within_budget"].items():
+        choice = f"batch {size} ({rows[size]['images_per_s']:,.0f} images/s)" if size else "no batch size fits"
+        print(f"  latency budget {budget} ms: {choice}")
+
+
+def print_comparison(engine_summary, pytorch_summary):
+    """Engine over eager PyTorch, batch size by batch size, in throughput."""
+    eager = {row["batch_size"]: row for row in pytorch_summary["rows"]}
+    print(f"\n{engine_summary['name']} vs {pytorch_summary['name']} (images/s ratio):")
+    for row in engine_summary["rows"]:
+        other = eager.get(row["batch_size"])
+        if row["failure"] or not other or other["failure"]:
+            continue
+        print(f"  batch {row['batch_size']:>5}: {row['images_per_s'] / other['images_per_s']:.2f}x")
+
+
+def plot(path, summaries, within, title):
+    """Throughput and latency against batch size, and latency against throughput (the trade-off)."""
+    figure, (by_size, latency, trade) = plt.subplots(1, 3, figsize=(17, 5.4), layout="constrained")
+    colors = {"engine": "#1f5fbf", "pytorch": "#d9730d"}
+    all_sizes = sorted({row["batch_size"] for summary in summaries for row in summary["rows"]})
+    for summary in summaries:
+        color = colors.get(summary["name"], "black")
+        rows = [row for row in summary["rows"] if not row["failure"]]
+        sizes = [row["batch_size"] for row in rows]
+        throughput = [row["images_per_s"] for row in rows]
+        latency_ms = [row["latency_ms"] for row in rows]
+        label = f"{summary['name']}: {summary['label']}"
+        by_size.plot(sizes, throughput, marker="o", color=color, label=label)
+        latency.plot(sizes, latency_ms, marker="o", color=color, label=label)
+        trade.plot(throughput, latency_ms, marker="o", color=color, label=label)
+        for row in rows:
+            trade.annotate(str(row["batch_size"]), (row["images_per_s"], row["latency_ms"]), fontsize=8,
+                           textcoords="offset points", xytext=(4, -10), color=color)
+        if summary["knee"]:
+            knee = next(row for row in rows if row["batch_size"] == summary["knee"])
+            for axes, point in ((by_size, (knee["batch_size"], knee["images_per_s"])),
+                                (latency, (knee["batch_size"], knee["latency_ms"])),
+                                (trade, (knee["images_per_s"], knee["latency_ms"]))):
+                axes.plot(*point, marker="*", markersize=16, color=color, markeredgecolor="black", linestyle="none")
+                axes.annotate(f"knee: {knee['batch_size']}", point, textcoords="offset points", xytext=(-12, 2),
+                              ha="right", va="bottom", fontsize=9, color=color, fontweight="bold")
+        for size in summary["out_of_memory"]:
+            for axes in (by_size, latency):
+                axes.axvline(size, color=color, linestyle=":", linewidth=1)
+                axes.annotate("out of memory", (size, 0.5), xycoords=("data", "axes fraction"), rotation=90,
+                              fontsize=8, color=color, ha="right", va="center")
+    for axes in (by_size, latency):
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(all_sizes, [str(size) for size in all_sizes], fontsize=8)
+        axes.set_xlabel("batch size (images)")
+    by_size.set_ylabel("throughput (images/s), batches back to back")
+    by_size.set_ylim(bottom=0)
+    by_size.set_title(f"Throughput: the knee is the smallest batch within {within:.0%} of the peak", fontsize=10)
+    for axes in (latency, trade):
+        plain_log_scale(axes, "y")
+    latency.set_ylabel("latency of one batch (ms): H2D + inference + D2H")
+    latency.set_title("Latency of a batch run alone", fontsize=10)
+    trade.set_xlabel("throughput (images/s)")
+    trade.set_ylabel("latency of one batch (ms)")
+    trade.set_title("The trade-off (points: batch sizes); lower right is better", fontsize=10)
+    for axes in (by_size, latency, trade):
+        axes.grid(alpha=0.3)
+    figure.legend(*by_size.get_legend_handles_labels(), loc="outside lower center", ncols=len(summaries), fontsize=9,
+                  frameon=False)  # below the panels, where it hides no curve
+    figure.suptitle(title, fontsize=11)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plain_log_scale(axes, which):
+    """A log scale on the x or y axis, labelled 1, 2, 5, 10, 20, ... rather than in powers of ten."""
+    getattr(axes, f"set_{which}scale")("log")
+    axis = getattr(axes, f"{which}axis")
+    axis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
+# ---------------------------------------------------------------------------------------------------
+
+def prepare(args):
+    """The engine, its batch range, the images (one batch of the largest size, pinned) and their reference."""
+    backend = engines.resolve_backend(args.backend)
+    device = cuda.require_gpu()
+    loaded = engines.load(backend, args.engine or build.engine_path(ENGINE, backend), PRECISION, device)
+    smallest, _, largest_allowed = loaded.profiles[0]  # the sweep runs on one context, on the first profile
+    largest = args.batch_size or largest_allowed
+    if not smallest <= largest <= largest_allowed:
+        raise CourseError(f"--batch-size {largest} is outside the first profile of {loaded.path} "
+                          f"(batch {smallest}..{largest_allowed}): use a batch size in range or rebuild with "
+                          "0_build.py --profile MIN:OPT:MAX")
+    images = data.make_batches(1, largest, args.seed)[0]
+    chunks = [images[start:start + REFERENCE_CHUNK] for start in range(0, largest, REFERENCE_CHUNK)]
+    reference = np.concatenate(data.reference_logits(build.WEIGHTS_PATH, chunks, build.ENGINE_DIR / "cache"))
+    return loaded, device, batching.sweep_batch_sizes(smallest, largest), cuda.pinned_copy(images), reference
+
+
+def write_result(args, loaded, device, summaries, figure_path):
+    stem = Path(sys.argv[0]).stem
+    title, _, lesson = __doc__.strip().splitlines()[0].partition(": ")
+    checks = [row["check"] for summary in summaries for row in summary["rows"] if row["check"]]
+    failed = [f"{summary['name']} batch {row['batch_size']}" for summary in summaries for row in summary["rows"]
+              if row["check"] and not row["check"]["passed"]]
+    result = {
+        "step": int(stem.split("_")[0]), "stem": stem, "kind": "sweep", "title": title, "lesson": lesson,
+        "backend": loaded.backend, "backend_label": loaded.label, "engine": str(loaded.path),
+        "precision": PRECISION, "profile": list(loaded.profiles[0]), "device": device[0],
+        "runs_per_figure": args.batches, "knee_within": args.knee_within / 100, "sweeps": summaries,
+        "check": {"passed": not failed and bool(checks),
+                  "summary": f"{len(checks) - len(failed)} of {len(checks)} batch sizes match the reference"
+                             + (f"; differ: {', '.join(failed)}" if failed else "")},
+        "plot": str(figure_path), "under_nsys": os.environ.get("COURSE_UNDER_NSYS") == "1",
+        "command": " ".join(["python", *sys.argv]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": results._versions(),
+    }
+    Path(args.reports, f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main():
+    args = parse_args()
+    within, budgets = args.knee_within / 100, args.latency_budget_ms or []
+    loaded, device, batch_sizes, images, reference = prepare(args)
+    print(f"sweeping batch sizes {batch_sizes} [{loaded.label}, {device[0]}]")
+    pipelines = [lambda: EnginePipeline(loaded, batch_sizes[-1])]
+    if not args.no_pytorch:
+        pipelines.append(lambda: EagerPyTorch(loaded.input, loaded.output, batch_sizes[-1]))
+    summaries = []
+    for make_pipeline in pipelines:
+        pipeline = make_pipeline()
+        rows = sweep(pipeline, batch_sizes, images, reference, args.batches)
+        summaries.append(summarize(pipeline.name, pipeline.label, rows, within, budgets))
+        del pipeline  # the engine's context and its memory go before eager PyTorch needs the GPU
+    for summary in summaries:
+        print_table(summary, within)
+    if len(summaries) == 2:
+        print_comparison(*summaries)
+    Path(args.reports).mkdir(parents=True, exist_ok=True)
+    figure_path = Path(args.reports, f"{Path(sys.argv[0]).stem}.png")
+    plot(figure_path, summaries, within, f"Batch-size sweep of ResNet-18 fp16 on {device[0]}: {loaded.label}")
+    result = write_result(args, loaded, device, summaries, figure_path)
+    print(f"\nwrote {args.reports}/{Path(sys.argv[0]).stem}.json and {figure_path}")
+    if not result["check"]["passed"]:
+        raise CourseError(f"outputs differ from the PyTorch reference: {result['check']['summary']}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,480 @@
+"""Dynamic batching: single-image requests grouped on the fly, a little latency for much more throughput.
+
+Not a rung of the ladder: a small inference server. Requests of one image each arrive at random times
+(a Poisson process, the arrivals of many independent clients, seeded by --seed so that every setting
+sees the same arrivals) at each of --rates requests per second. A batcher (common/batching.py) queues them and
+hands the GPU a batch when --batch-size requests are waiting or when the oldest has waited
+--max-wait-ms, whichever comes first; the server runs each batch through step 7's pipeline (pinned
+staging buffers, a copy stream and a compute stream, a CUDA graph per batch size, captured for every
+size before the runs, and an output thread that hands each request its logits).
+Why: step 10 showed that the GPU does many more images per second in batches, but a server receives
+images one by one. Served one at a time, every request pays a whole batch's fixed cost, and once
+requests arrive faster than one batch of 1 takes, the queue grows without bound and so does latency.
+A batcher lets the batch size follow the load: at a low rate batches stay small and a request waits at
+most the max wait; at a high rate batches fill up and throughput climbs toward step 10's curve.
+- A max wait of 0 is "greedy": take whatever is queued when the server is free. Batches still form
+  under load, because requests pile up while the GPU is busy.
+- A longer max wait helps only where the rate fills a batch within it; below that it is latency spent
+  for nothing.
+Latency runs from a request's arrival (its scheduled time, so a late load generator cannot hide
+queueing) to its logits on the host: p50, p90, p99. Throughput is requests served per second. Every
+request's logits are checked against the reference of its own image, and none may be lost or served
+twice, at shutdown too: the batcher then refuses new requests and flushes everything pending.
+The host side is Python (one thread each for the arrivals, the server and the outputs), which costs
+tens of microseconds per request and per batch: a compiled server goes further, but the shape of the
+curves is the same. Host work that grows with the batch matters here as much as GPU work: gathering
+the images into the pinned staging buffer is one row copy per image.
+
+What to look for (the table, and reports/11_dynamic_batching.png):
+- one request at a time: fine at low rates; past about 1 / (latency of a batch of 1) it is overloaded:
+  it serves fewer requests per second than arrive and its p99 grows with the length of the run;
+- with batching, the mean batch grows with the rate, and p99 stays low at rates where one request
+  at a time is already overloaded, until the host or the GPU is full at the largest batch;
+- a longer max wait: higher latency at low rates (requests wait for company that does not come),
+  larger batches at high ones;
+- in the plot, latency against throughput: a curve per setting; lower and further right is better.
+
+Run: python 11_dynamic_batching.py (--help for the options); it uses step 4's engine (resnet18_fp16).
+"""
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import queue
+import sys
+import threading
+import time
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+from common import batching, build, cli, cuda, data, engine as engines, nvtx, results
+from common.errors import CourseError
+
+matplotlib.use("Agg")  # files only: no display needed
+import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
+from matplotlib import ticker  # noqa: E402
+
+ENGINE = "resnet18_fp16"
+PRECISION = "fp16"
+POOL_SIZE = 256  # distinct images the requests cycle through; each has its reference logits
+OVERLOADED = 0.9  # serving less than this share of the arrival rate: the queue grew during the run
+
+
+def numbers(minimum, allow_minimum):
+    """A comma-separated list of numbers, each above `minimum` (or equal to it, where allowed)."""
+    def parse(text):
+        try:
+            values = [float(part) for part in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+        if not all(math.isfinite(v) and (v > minimum or (allow_minimum and v == minimum)) for v in values):
+            raise argparse.ArgumentTypeError(f"each must be {'at least' if allow_minimum else 'above'} {minimum:g}, "
+                                             f"not {text}")
+        return values
+    return parse
+
+
+def number_above(minimum):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (math.isfinite(value) and value > minimum):
+            raise argparse.ArgumentTypeError(f"must be above {minimum:g}, not {text}")
+        return value
+    return parse
+
+
+def whole_number(minimum):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+    return parse
+
+
+def parse_args():
+    shared = cli.parser(__doc__)
+    # The shared options, with --batch-size given this step's meaning ("resolve" lets a redefinition win).
+    parser = argparse.ArgumentParser(description=shared.description, parents=[shared], conflict_handler="resolve")
+    parser.add_argument("--batch-size", type=whole_number(1), default=32,
+                        help="the largest batch the batcher forms (default 32)")
+    parser.add_argument("--batches", type=int, help=argparse.SUPPRESS)  # shared, but requests are what count here
+    parser.add_argument("--rates", type=numbers(0, False), default=[500, 1000, 2000, 4000, 8000], metavar="R,R,...",
+                        help="arrival rates to try, requests per second (default 500,1000,2000,4000,8000)")
+    parser.add_argument("--max-wait-ms", type=numbers(0, True), default=[0, 2, 5], metavar="MS,MS,...",
+                        help="the batcher's max waits to try, each with --batch-size (default 0,2,5); one "
+                             "request at a time is always run too")
+    parser.add_argument("--duration-s", type=number_above(0), default=1.0, metavar="S",
+                        help="how long requests arrive in each run, seconds (default 1)")
+    return parser.parse_args()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Requests and the load
+
+@dataclasses.dataclass
+class Request:
+    """One image to classify: which image, when it arrives (perf_counter seconds), when its result was ready."""
+    id: int
+    image: int
+    arrival: float
+    completed: float = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """A batcher policy: one request at a time is max batch 1 (its max wait then does not matter)."""
+    max_batch_size: int
+    max_wait_ms: float
+
+    @property
+    def name(self):
+        if self.max_batch_size == 1:
+            return "one request at a time"
+        return f"batches of up to {self.max_batch_size}, wait up to {self.max_wait_ms:g} ms"
+
+
+class LoadGenerator(threading.Thread):
+    """Submits each request at its arrival time, then shuts the batcher down (the server drains it)."""
+
+    def __init__(self, batcher, requests):
+        super().__init__(name="arrivals", daemon=True)
+        self.batcher, self.requests = batcher, requests
+        self.error = None
+
+    def run(self):
+        try:
+            for request in self.requests:
+                delay = request.arrival - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                self.batcher.submit(request)
+        except Exception as error:
+            self.error = error
+        finally:
+            self.batcher.close()
+
+    def raise_error(self):
+        if self.error is not None:
+            raise CourseError(f"the load generator failed: {self.error!r}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The server: step 7's pipeline, fed by the batcher
+
+@dataclasses.dataclass
+class InputSlot:
+    """A device input buffer for one batch in flight, its pinned staging buffer, and the two events that guard them."""
+    address: int
+    staging: object  # pinned host rows the batch's images are gathered into
+    copied: object  # on the copy stream, after the H2D: the inference may read the buffer, the staging is free
+    consumed: object  # on the compute stream, after the inference: the next H2D may overwrite it
+
+
+@dataclasses.dataclass
+class HostOutput:
+    """A pinned buffer for one batch's logits, and the event recorded after the D2H into it."""
+    logits: object
+    copied: object
+
+
+class InferenceGraphs:
+    """One CUDA graph of the inference per (input slot, batch size); step 7's, captured up front here."""
+
+    def __init__(self, context, stream, run):
+        self.context, self.stream, self.run = context, stream, run
+        self.graphs = {}
+        self.capturable = True
+
+    def launch(self, slot, batch_size):
+        key = (slot.address, batch_size)
+        if key not in self.graphs and self.capturable:
+            try:
+                self.graphs[key] = self.capture(slot, batch_size)
+            except CourseError as error:
+                print(f"note: this engine cannot be captured into a CUDA graph ({error}); running it without one")
+                self.capturable = False
+        if key in self.graphs:
+            cuda.launch_graph(self.graphs[key], self.stream)
+        else:
+            self.enqueue(slot, batch_size)
+
+    def enqueue(self, slot, batch_size):
+        self.context.set_input_shape(self.run.input.name, self.run.input.shape_for(batch_size))
+        self.context.set_tensor_address(self.run.input.name, slot.address)
+        if not self.context.execute_async_v3(self.stream):
+            raise CourseError("execute_async_v3 failed: see the engine's log above")
+
+    def capture(self, slot, batch_size):
+        with nvtx.phase("capture"):
+            self.enqueue(slot, batch_size)  # outside the capture: finishes the shape's lazy set-up
+            cuda.begin_capture(self.stream)
+            try:
+                self.enqueue(slot, batch_size)
+            finally:
+                graph = cuda.end_capture(self.stream)  # always end it, or the stream stays capturing
+        return graph
+
+
+class Server:
+    """Runs batches of requests: gather their images, H2D, the graph, D2H, and hand them to the output thread."""
+
+    def __init__(self, loaded, pool, max_batch_size):
+        self.pool = pool
+        context = loaded.engine.create_execution_context()
+        self.copy_stream, self.compute_stream = cuda.create_stream(), cuda.create_stream()
+        with nvtx.phase("alloc"):  # everything sized for the largest batch, allocated once
+            self.slots = [InputSlot(cuda.malloc(loaded.input.nbytes(max_batch_size)),
+                                    cuda.pinned_empty(loaded.input.shape_for(max_batch_size), loaded.input.dtype),
+                                    cuda.create_event(), cuda.create_event()) for _ in range(2)]
+            self.output_address = cuda.malloc(loaded.output.nbytes(max_batch_size))
+            self.host_outputs = [HostOutput(cuda.pinned_empty(loaded.output.shape_for(max_batch_size),
+                                                              loaded.output.dtype),
+                                            cuda.create_event()) for _ in range(2)]
+        context.set_tensor_address(loaded.output.name, self.output_address)
+        self.graphs = InferenceGraphs(context, self.compute_stream, loaded)
+        with nvtx.phase("warm-up"):  # a graph per batch size and slot now, not in the middle of a run
+            for batch_size in range(1, max_batch_size + 1):
+                for slot in self.slots:
+                    self.graphs.launch(slot, batch_size)
+            cuda.synchronize(self.compute_stream)
+
+    def serve(self, batcher, output_thread):
+        """Until the batcher is shut down and drained; returns the size of every batch it ran."""
+        sizes = []
+        while (batch := batcher.next_batch()) is not None:
+            slot = self.slots[len(sizes) % 2]
+            with nvtx.phase("gather"):
+                cuda.event_synchronize(slot.copied)  # this slot's last H2D has read its staging buffer
+                staging = slot.staging[:len(batch)]
+                # One row copy per image (numpy releases the interpreter lock for each). Not np.take(out=...):
+                # on the H100 machine it gathered at about 0.2 ms per image and capped the server near 2,500/s.
+                for row, request in enumerate(batch):
+                    staging[row] = self.pool[request.image]
+            host_output = output_thread.take_free_buffer()
+            with nvtx.phase("h2d"):
+                cuda.wait(self.copy_stream, slot.consumed)
+                cuda.memcpy_htod_async(slot.address, staging, self.copy_stream)
+                cuda.record(slot.copied, self.copy_stream)
+            with nvtx.phase("infer"):
+                cuda.wait(self.compute_stream, slot.copied)
+                self.graphs.launch(slot, len(batch))
+                cuda.record(slot.consumed, self.compute_stream)
+            with nvtx.phase("d2h"):
+                cuda.memcpy_dtoh_async(host_output.logits[:len(batch)], self.output_address, self.compute_stream)
+                cuda.record(host_output.copied, self.compute_stream)
+            output_thread.pending.put((batch, host_output))  # the thread waits for the logits, not us
+            sizes.append(len(batch))
+        return sizes
+
+
+class OutputThread(threading.Thread):
+    """Waits for each batch's logits, in order, gives every request its row, and returns the host buffer."""
+
+    def __init__(self, host_outputs):
+        super().__init__(name="output", daemon=True)
+        self.pending = queue.Queue()  # (requests, HostOutput), then None to stop
+        self.free = queue.Queue()  # host buffers the server may copy into
+        for host_output in host_outputs:
+            self.free.put(host_output)
+        self.delivered = []  # request ids, once per delivery: a duplicate would show here
+        self.logits = {}
+        self.error = None
+
+    def run(self):
+        try:
+            while (item := self.pending.get()) is not None:
+                batch, host_output = item
+                cuda.event_synchronize(host_output.copied)
+                completed = time.perf_counter()
+                rows = host_output.logits[:len(batch)].copy()
+                self.free.put(host_output)
+                with nvtx.phase("output"):
+                    for request, row in zip(batch, rows):
+                        request.completed = completed
+                        self.delivered.append(request.id)
+                        self.logits.setdefault(request.id, row)
+        except Exception as error:
+            self.error = error
+            self.free.put(None)  # wakes the server if it is waiting for a buffer
+
+    def take_free_buffer(self):
+        """Blocks while both buffers hold logits not yet handed out (back-pressure)."""
+        host_output = self.free.get()
+        self.raise_error()
+        return host_output
+
+    def raise_error(self):
+        if self.error is not None:
+            raise CourseError(f"the output thread failed: {self.error!r}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# One run: a rate and a setting
+
+def serve_run(server, setting, rate, duration_s, seed, reference):
+    """Serve one arrival process with one batcher setting; returns the run's figures and checks."""
+    count = max(1, math.ceil(rate * duration_s))
+    offsets = batching.poisson_arrivals(rate, count, seed)
+    batcher = batching.Batcher(setting.max_batch_size, setting.max_wait_ms / 1e3)
+    output_thread = OutputThread(server.host_outputs)
+    start = time.perf_counter() + 0.01  # the threads are up before the first arrival
+    requests = [Request(index, index % len(reference), start + offset) for index, offset in enumerate(offsets)]
+    generator = LoadGenerator(batcher, requests)
+    range_id = nvtx.start(f"{setting.name}, {rate:g} requests/s")
+    output_thread.start()
+    generator.start()
+    try:
+        sizes = server.serve(batcher, output_thread)
+    finally:
+        batcher.close()  # an error above must not leave the generator submitting
+        output_thread.pending.put(None)
+        output_thread.join()
+        generator.join()
+        nvtx.end(range_id)
+    output_thread.raise_error()
+    generator.raise_error()
+    return summarize_run(setting, rate, requests, sizes, output_thread, reference)
+
+
+def summarize_run(setting, rate, requests, sizes, output_thread, reference):
+    lost, duplicated = batching.delivery_problems([r.id for r in requests], output_thread.delivered)
+    served = [r for r in requests if r.id in output_thread.logits]
+    outputs = np.stack([output_thread.logits[r.id] for r in served])
+    expected = reference[[r.image for r in served]]
+    check = results.check_outputs([outputs], [expected], PRECISION)
+    not_their_own = batching.rows_not_their_own(outputs, expected)
+    check["passed"] = check["passed"] and not (lost or duplicated or not_their_own)
+    check["summary"] = (f"{len(served)} of {len(requests)} requests served, {len(lost)} lost, {len(duplicated)} "
+                        f"duplicated, {len(not_their_own)} not their own image's result; {check['summary']}")
+    figures = batching.latency_summary([r.arrival for r in served], [r.completed for r in served], sizes, rate)
+    return {"setting": setting.name, "max_batch_size": setting.max_batch_size, "max_wait_ms": setting.max_wait_ms,
+            **figures, "overloaded": figures["served_per_s"] < OVERLOADED * figures["arrived_per_s"],
+            "lost": len(lost), "duplicated": len(duplicated), "check": check}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reporting
+
+def print_row(run):
+    verdict = "pass" if run["check"]["passed"] else f"FAIL: {run['check']['summary']}"
+    note = "  overloaded" if run["overloaded"] else ""
+    rates = f"{run['offered_per_s']:>9,.0f} {run['arrived_per_s']:>9,.0f} {run['served_per_s']:>9,.0f}"
+    latencies = f"{run['p50_ms']:>8.2f} {run['p90_ms']:>8.2f} {run['p99_ms']:>8.2f}"
+    print(f"  {run['setting']:<38} {rates} {latencies} {run['mean_batch']:>6.1f}  {verdict}{note}", flush=True)
+
+
+def print_header():
+    print(f"  {'setting':<38} {'offered/s':>9} {'arrived/s':>9} {'served/s':>9} {'p50 ms':>8} {'p90 ms':>8} "
+          f"{'p99 ms':>8} {'batch':>6}  check")
+    print("  (offered: the rate asked for; arrived: that run's random sample of it; batch: the mean batch size)")
+
+
+def plot(path, runs, title):
+    """Latency (p50 and p99) against the throughput served, a curve per setting, points labelled by rate."""
+    figure, panels = plt.subplots(1, 2, figsize=(14, 5.4), layout="constrained", sharey=True)
+    settings = list(dict.fromkeys(run["setting"] for run in runs))
+    colors = plt.get_cmap("tab10")
+    for panel, (key, name) in zip(panels, (("p50_ms", "median (p50)"), ("p99_ms", "p99"))):
+        for index, setting in enumerate(settings):
+            points = [run for run in runs if run["setting"] == setting]
+            served = [run["served_per_s"] for run in points]
+            latency = [run[key] for run in points]
+            style = "--" if points[0]["max_batch_size"] == 1 else "-"
+            panel.plot(served, latency, style, marker="o", color=colors(index), label=setting)
+            for run in points:
+                panel.annotate(f"{run['offered_per_s']:g}/s", (run["served_per_s"], run[key]), fontsize=7,
+                               textcoords="offset points", xytext=(4, 4), color=colors(index))
+        for which in "xy":
+            plain_log_scale(panel, which)
+        panel.margins(x=0.08)  # room for the rate labels of the rightmost points
+        panel.set_xlabel("throughput served (requests/s); labels: the offered arrival rate")
+        panel.set_ylabel(f"{name} latency (ms)")
+        panel.set_title(f"{name} latency, arrival to result", fontsize=10)
+        panel.grid(alpha=0.3, which="both")
+        panel.yaxis.set_tick_params(labelleft=True)
+    panels[0].legend(fontsize=8, loc="upper left")
+    figure.suptitle(title, fontsize=11)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plain_log_scale(axes, which):
+    """A log scale on the x or y axis, labelled 1, 2, 5, 10, 20, ... rather than in powers of ten."""
+    getattr(axes, f"set_{which}scale")("log")
+    axis = getattr(axes, f"{which}axis")
+    axis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def write_result(args, loaded, device, settings, runs, figure_path):
+    stem = Path(sys.argv[0]).stem
+    title, _, lesson = __doc__.strip().splitlines()[0].partition(": ")
+    failed = [f"{run['setting']} at {run['offered_per_s']:g}/s" for run in runs if not run["check"]["passed"]]
+    result = {
+        "step": int(stem.split("_")[0]), "stem": stem, "kind": "dynamic_batching", "title": title, "lesson": lesson,
+        "backend": loaded.backend, "backend_label": loaded.label, "engine": str(loaded.path),
+        "precision": PRECISION, "device": device[0], "rates": args.rates, "duration_s": args.duration_s,
+        "seed": args.seed, "settings": [dataclasses.asdict(setting) | {"name": setting.name} for setting in settings],
+        "runs": runs,
+        "check": {"passed": not failed and bool(runs),
+                  "summary": f"{len(runs) - len(failed)} of {len(runs)} runs served every request once, with its own "
+                             "image's result" + (f"; failed: {', '.join(failed)}" if failed else "")},
+        "plot": str(figure_path), "under_nsys": os.environ.get("COURSE_UNDER_NSYS") == "1",
+        "command": " ".join(["python", *sys.argv]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": results._versions(),
+    }
+    Path(args.reports, f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def prepare(args):
+    """The engine (checked against the largest batch), the pool of images and their reference logits."""
+    backend = engines.resolve_backend(args.backend)
+    device = cuda.require_gpu()
+    loaded = engines.load(backend, args.engine or build.engine_path(ENGINE, backend), PRECISION, device)
+    for batch_size in (1, args.batch_size):
+        if loaded.profile_for(batch_size) != 0:  # one context, on the first profile
+            raise CourseError(f"batch sizes 1..{args.batch_size} must all fit the first profile of {loaded.path} "
+                              f"({build.format_profiles(loaded.profiles[:1])}): use a smaller --batch-size")
+    pool = data.make_batches(1, POOL_SIZE, args.seed)[0]
+    reference = np.concatenate(data.reference_logits(build.WEIGHTS_PATH, [pool], build.ENGINE_DIR / "cache"))
+    return loaded, device, pool, reference
+
+
+def main():
+    args = parse_args()
+    loaded, device, pool, reference = prepare(args)
+    settings = [Setting(1, 0.0)] + [Setting(args.batch_size, wait) for wait in args.max_wait_ms]
+    print(f"capturing CUDA graphs for batch sizes 1..{args.batch_size} [{loaded.label}, {device[0]}] ...")
+    server = Server(loaded, pool, args.batch_size)
+    print_header()
+    runs = []
+    for setting in settings:
+        for rate in args.rates:
+            runs.append(serve_run(server, setting, rate, args.duration_s, args.seed, reference))
+            print_row(runs[-1])
+    Path(args.reports).mkdir(parents=True, exist_ok=True)
+    figure_path = Path(args.reports, f"{Path(sys.argv[0]).stem}.png")
+    plot(figure_path, runs, f"Dynamic batching of single-image requests (Poisson arrivals), ResNet-18 fp16 on "
+                            f"{device[0]}: {loaded.label}")
+    result = write_result(args, loaded, device, settings, runs, figure_path)
+    print(f"wrote {args.reports}/{Path(sys.argv[0]).stem}.json and {figure_path}")
+    if not result["check"]["passed"]:
+        raise CourseError(f"dynamic batching lost, duplicated or mixed up results: {result['check']['summary']}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
