@@ -50,29 +50,16 @@ import matplotlib
 import numpy as np
 import torch
 
-from common import batching, build, cli, cuda, data, engine as engines, nvtx, results
+from common import batching, build, cli, cuda, data, engine as engines, nvtx, report, results
 from common.errors import CourseError
 
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
-from matplotlib import ticker  # noqa: E402
 
 ENGINE = "resnet18_fp16_wide"
 PRECISION = "fp16"
 MIN_SECONDS = 0.25  # each throughput figure: long enough that the host clock's jitter does not matter
 REFERENCE_CHUNK = 128  # the fp32 reference is computed in chunks: a 1024-image fp32 batch may not fit
-
-
-def whole_number(minimum):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
-        return value
-    return parse
 
 
 def number_in(low, high, low_allowed=False):
@@ -95,9 +82,9 @@ def parse_args():
     shared = cli.parser(__doc__)
     # The shared options, with --batch-size and --batches given this step's meaning ("resolve" lets a redefinition win).
     parser = argparse.ArgumentParser(description=shared.description, parents=[shared], conflict_handler="resolve")
-    parser.add_argument("--batch-size", type=whole_number(1),
+    parser.add_argument("--batch-size", type=cli.whole_number(1),
                         help="the largest batch size to try (default: the largest the engine's profile takes)")
-    parser.add_argument("--batches", type=whole_number(3), default=10,
+    parser.add_argument("--batches", type=cli.whole_number(3), default=10,
                         help="runs timed per batch size for each figure (default 10; small batches run more, "
                              f"to last at least {MIN_SECONDS} s)")
     parser.add_argument("--knee-within", type=number_in(0, 100, low_allowed=True), default=5.0, metavar="PERCENT",
@@ -437,7 +424,7 @@ def plot(path, summaries, within, title):
     by_size.set_ylim(bottom=0)
     by_size.set_title(f"Throughput: the knee is the smallest batch within {within:.0%} of the peak", fontsize=10)
     for axes in (latency, trade):
-        plain_log_scale(axes, "y")
+        report.plain_log_scale(axes, "y")
     latency.set_ylabel("latency of one batch (ms): H2D + inference + D2H")
     latency.set_title("Latency of a batch run alone", fontsize=10)
     trade.set_xlabel("throughput (images/s)")
@@ -450,15 +437,6 @@ def plot(path, summaries, within, title):
     figure.suptitle(title, fontsize=11)
     figure.savefig(path, dpi=110)
     plt.close(figure)
-
-
-def plain_log_scale(axes, which):
-    """A log scale on the x or y axis, labelled 1, 2, 5, 10, 20, ... rather than in powers of ten."""
-    getattr(axes, f"set_{which}scale")("log")
-    axis = getattr(axes, f"{which}axis")
-    axis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
-    axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
-    axis.set_minor_formatter(ticker.NullFormatter())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -497,7 +475,7 @@ def write_result(args, loaded, device, summaries, figure_path):
         "plot": str(figure_path), "under_nsys": os.environ.get("COURSE_UNDER_NSYS") == "1",
         "command": " ".join(["python", *sys.argv]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": results._versions(),
+        "versions": results.versions(),
     }
     Path(args.reports, f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

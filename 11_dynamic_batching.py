@@ -51,12 +51,11 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
-from common import batching, build, cli, cuda, data, engine as engines, nvtx, results
+from common import batching, build, cli, cuda, data, engine as engines, nvtx, report, results
 from common.errors import CourseError
 
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
-from matplotlib import ticker  # noqa: E402
 
 ENGINE = "resnet18_fp16"
 PRECISION = "fp16"
@@ -90,23 +89,11 @@ def number_above(minimum):
     return parse
 
 
-def whole_number(minimum):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
-        return value
-    return parse
-
-
 def parse_args():
     shared = cli.parser(__doc__)
     # The shared options, with --batch-size given this step's meaning ("resolve" lets a redefinition win).
     parser = argparse.ArgumentParser(description=shared.description, parents=[shared], conflict_handler="resolve")
-    parser.add_argument("--batch-size", type=whole_number(1), default=32,
+    parser.add_argument("--batch-size", type=cli.whole_number(1), default=32,
                         help="the largest batch the batcher forms (default 32)")
     parser.add_argument("--batches", type=int, help=argparse.SUPPRESS)  # shared, but requests are what count here
     parser.add_argument("--rates", type=numbers(0, False), default=[500, 1000, 2000, 4000, 8000], metavar="R,R,...",
@@ -396,7 +383,7 @@ def plot(path, runs, title):
                 panel.annotate(f"{run['offered_per_s']:g}/s", (run["served_per_s"], run[key]), fontsize=7,
                                textcoords="offset points", xytext=(4, 4), color=colors(index))
         for which in "xy":
-            plain_log_scale(panel, which)
+            report.plain_log_scale(panel, which)
         panel.margins(x=0.08)  # room for the rate labels of the rightmost points
         panel.set_xlabel("throughput served (requests/s); labels: the offered arrival rate")
         panel.set_ylabel(f"{name} latency (ms)")
@@ -407,15 +394,6 @@ def plot(path, runs, title):
     figure.suptitle(title, fontsize=11)
     figure.savefig(path, dpi=110)
     plt.close(figure)
-
-
-def plain_log_scale(axes, which):
-    """A log scale on the x or y axis, labelled 1, 2, 5, 10, 20, ... rather than in powers of ten."""
-    getattr(axes, f"set_{which}scale")("log")
-    axis = getattr(axes, f"{which}axis")
-    axis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
-    axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
-    axis.set_minor_formatter(ticker.NullFormatter())
 
 
 def write_result(args, loaded, device, settings, runs, figure_path):
@@ -434,7 +412,7 @@ def write_result(args, loaded, device, settings, runs, figure_path):
         "plot": str(figure_path), "under_nsys": os.environ.get("COURSE_UNDER_NSYS") == "1",
         "command": " ".join(["python", *sys.argv]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": results._versions(),
+        "versions": results.versions(),
     }
     Path(args.reports, f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

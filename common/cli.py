@@ -14,15 +14,16 @@ def parser(docstring):
                            help="tensorrt, the PyTorch stand-in (torch), or auto: TensorRT if installed (default: "
                                 "$BACKEND or auto)")
     arguments.add_argument("--engine", help="engine file (default: the step's engine under engines/)")
-    arguments.add_argument("--batches", type=_at_least(4), default=10,
+    arguments.add_argument("--batches", type=whole_number(4), default=10,
                            help="number of batches (default 10; at least 4: the last 3 are timed after one)")
-    arguments.add_argument("--batch-size", type=_at_least(1), default=128, help="images per batch (default 128)")
+    arguments.add_argument("--batch-size", type=whole_number(1), default=128, help="images per batch (default 128)")
     arguments.add_argument("--seed", type=int, default=0, help="seed of the synthetic images (default 0)")
     arguments.add_argument("--reports", default="reports", help="where the JSON result goes (default reports/)")
     return arguments
 
 
-def _at_least(minimum):
+def whole_number(minimum):
+    """An argparse type: an int of at least `minimum`, with a one-line error otherwise."""
     def parse(text):
         try:
             value = int(text)

@@ -53,6 +53,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display needed, works on CI machines
 import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
+from matplotlib import ticker  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from common import cli  # noqa: E402
@@ -524,6 +525,15 @@ def profiling_note(ladder):
     if not profiled:
         return ""
     return "; timed under nsys" if len(profiled) == len(ladder) else f"; {len(profiled)} step(s) timed under nsys"
+
+
+def plain_log_scale(axes, which):
+    """A log scale on the x or y axis, labelled 1, 2, 5, 10, 20, ... rather than in powers of ten."""
+    getattr(axes, f"set_{which}scale")("log")
+    axis = getattr(axes, f"{which}axis")
+    axis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -117,7 +117,7 @@ def finish(docstring, args, run, timer, outputs, images=None):
         "under_nsys": os.environ.get("COURSE_UNDER_NSYS") == "1",
         "command": " ".join(["python", *sys.argv]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(),
+        "versions": versions(),
     }
     Path(args.reports).mkdir(parents=True, exist_ok=True)
     Path(args.reports, f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -130,7 +130,7 @@ def finish(docstring, args, run, timer, outputs, images=None):
     return result
 
 
-def _versions():
+def versions():
     versions = {"python": platform.python_version()}
     for module in ("torch", "tensorrt", "numpy"):
         versions[module] = getattr(sys.modules.get(module), "__version__", None)
