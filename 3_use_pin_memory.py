@@ -69,7 +69,7 @@ def main():
         logits = infer(context, stream, run, buffers, images)
         process_output(index, logits)
         outputs.append(logits)
-        timer.batch_done()
+        timer.batch_done(index)
     results.finish(__doc__, args, run, timer, outputs)
 
 

@@ -103,7 +103,7 @@ def main():
         logits = logits.copy()  # the pinned buffer is reused by the next batch
         process_output(index, logits)
         outputs.append(logits)
-        timer.batch_done()
+        timer.batch_done(index)
     results.finish(__doc__, args, run, timer, outputs)
 
 

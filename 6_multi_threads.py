@@ -37,7 +37,7 @@ class InputSlot:
 class HostOutput:
     """A pinned buffer for one batch's logits, and the event recorded after the D2H into it."""
     logits: object
-    copied: object
+    ready: object
 
 
 def allocate(context, run, batch_size):
@@ -72,7 +72,7 @@ def infer(context, compute_stream, run, buffers, slot, host_output, batch_size):
         cuda.record(slot.consumed, compute_stream)
     with nvtx.phase("d2h"):
         cuda.memcpy_dtoh_async(host_output.logits[:batch_size], output_address, compute_stream)
-        cuda.record(host_output.copied, compute_stream)
+        cuda.record(host_output.ready, compute_stream)
 
 
 def process_output(index, logits):
@@ -96,12 +96,12 @@ class OutputThread(threading.Thread):
         try:
             while (item := self.pending.get()) is not None:
                 index, batch_size, host_output = item
-                cuda.event_synchronize(host_output.copied)
+                cuda.event_synchronize(host_output.ready)
                 logits = host_output.logits[:batch_size].copy()
                 self.free.put(host_output)
                 process_output(index, logits)
                 self.outputs[index] = logits
-                self.timer.batch_done()
+                self.timer.batch_done(index)
         except Exception as error:
             self.error = error
             self.free.put(None)  # wakes the main thread if it is waiting for a buffer
@@ -114,7 +114,7 @@ class OutputThread(threading.Thread):
 
     def raise_error(self):
         if self.error is not None:
-            raise CourseError(f"the output thread failed: {self.error!r}")
+            raise CourseError(f"the output thread failed: {self.error}")
 
 
 def main():

@@ -6,8 +6,9 @@ kernels the GPU waits for the host. A graph is the recorded sequence, launched w
 - Capture after one ordinary enqueue: the first enqueue of a shape finishes lazy set-up (allocations,
   kernel loading) that is not allowed while a stream is capturing. The source tutorial captured its
   first enqueue and failed with "operation not permitted when stream is capturing".
-- Thread-local capture mode: the output thread keeps calling CUDA while the main thread captures; in
-  that mode only the capturing thread's own calls can invalidate the capture.
+- Thread-local capture mode: when a new batch size arrives mid-run, the main thread captures while the
+  output thread keeps calling CUDA; in that mode only the capturing thread's own calls can invalidate
+  the capture.
 - A graph replays fixed addresses and shapes, so there is one graph per input slot and batch size,
   captured again whenever a new batch size arrives.
 - The copies stay outside the graph: the H2D must be on the copy stream to overlap the previous
@@ -43,7 +44,7 @@ class InputSlot:
 class HostOutput:
     """A pinned buffer for one batch's logits, and the event recorded after the D2H into it."""
     logits: object
-    copied: object
+    ready: object
 
 
 def allocate(context, run, batch_size):
@@ -77,6 +78,8 @@ class InferenceGraphs:
     def launch(self, slot, batch_size):
         key = (slot.address, batch_size)
         if key not in self.graphs and self.capturable:
+            self.enqueue(slot, batch_size)  # outside the capture: finishes the shape's lazy set-up
+            cuda.synchronize(self.stream)
             try:
                 self.graphs[key] = self.capture(slot, batch_size)
             except CourseError as error:
@@ -95,7 +98,6 @@ class InferenceGraphs:
 
     def capture(self, slot, batch_size):
         with nvtx.phase("capture"):
-            self.enqueue(slot, batch_size)  # outside the capture: finishes the shape's lazy set-up
             cuda.begin_capture(self.stream)
             try:
                 self.enqueue(slot, batch_size)
@@ -113,7 +115,7 @@ def infer(graphs, compute_stream, buffers, slot, host_output, batch_size):
         cuda.record(slot.consumed, compute_stream)
     with nvtx.phase("d2h"):
         cuda.memcpy_dtoh_async(host_output.logits[:batch_size], output_address, compute_stream)
-        cuda.record(host_output.copied, compute_stream)
+        cuda.record(host_output.ready, compute_stream)
 
 
 def process_output(index, logits):
@@ -137,12 +139,12 @@ class OutputThread(threading.Thread):
         try:
             while (item := self.pending.get()) is not None:
                 index, batch_size, host_output = item
-                cuda.event_synchronize(host_output.copied)
+                cuda.event_synchronize(host_output.ready)
                 logits = host_output.logits[:batch_size].copy()
                 self.free.put(host_output)
                 process_output(index, logits)
                 self.outputs[index] = logits
-                self.timer.batch_done()
+                self.timer.batch_done(index)
         except Exception as error:
             self.error = error
             self.free.put(None)  # wakes the main thread if it is waiting for a buffer
@@ -155,7 +157,7 @@ class OutputThread(threading.Thread):
 
     def raise_error(self):
         if self.error is not None:
-            raise CourseError(f"the output thread failed: {self.error!r}")
+            raise CourseError(f"the output thread failed: {self.error}")
 
 
 def main():

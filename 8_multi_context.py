@@ -9,7 +9,8 @@ there are two of them, each run by its own thread, taking the next unclaimed bat
   do not fill the GPU (or the gaps between them) are filled by the other context's work.
 - TensorRT 10 and 11 let several contexts use the same optimization profile at once with nothing
   special at build time. (TensorRT 8.6 needed the PROFILE_SHARING_0806 preview feature, which 10.0
-  made the default and 11 removed.)
+  made the default and 11 removed; docs/tensorrt-notes.md section 5 has the sources, and one 10.x
+  header comment that still says otherwise.)
 Both pipelines are set up and warmed up before the timed run starts. The cost: memory for a second
 set of activations and buffers.
 
@@ -42,7 +43,7 @@ class InputSlot:
 class HostOutput:
     """A pinned buffer for one batch's logits, and the event recorded after the D2H into it."""
     logits: object
-    copied: object
+    ready: object
 
 
 def allocate(context, run, batch_size):
@@ -76,6 +77,8 @@ class InferenceGraphs:
     def launch(self, slot, batch_size):
         key = (slot.address, batch_size)
         if key not in self.graphs and self.capturable:
+            self.enqueue(slot, batch_size)  # outside the capture: finishes the shape's lazy set-up
+            cuda.synchronize(self.stream)
             try:
                 self.graphs[key] = self.capture(slot, batch_size)
             except CourseError as error:
@@ -94,7 +97,6 @@ class InferenceGraphs:
 
     def capture(self, slot, batch_size):
         with nvtx.phase("capture"):
-            self.enqueue(slot, batch_size)  # outside the capture: finishes the shape's lazy set-up
             cuda.begin_capture(self.stream)
             try:
                 self.enqueue(slot, batch_size)
@@ -112,7 +114,7 @@ def infer(graphs, compute_stream, buffers, slot, host_output, batch_size):
         cuda.record(slot.consumed, compute_stream)
     with nvtx.phase("d2h"):
         cuda.memcpy_dtoh_async(host_output.logits[:batch_size], output_address, compute_stream)
-        cuda.record(host_output.copied, compute_stream)
+        cuda.record(host_output.ready, compute_stream)
 
 
 def process_output(index, logits):
@@ -136,12 +138,12 @@ class OutputThread(threading.Thread):
         try:
             while (item := self.pending.get()) is not None:
                 index, batch_size, host_output = item
-                cuda.event_synchronize(host_output.copied)
+                cuda.event_synchronize(host_output.ready)
                 logits = host_output.logits[:batch_size].copy()
                 self.free.put(host_output)
                 process_output(index, logits)
                 self.outputs[index] = logits
-                self.timer.batch_done()
+                self.timer.batch_done(index)
         except Exception as error:
             self.error = error
             self.free.put(None)  # wakes the main thread if it is waiting for a buffer
@@ -154,7 +156,7 @@ class OutputThread(threading.Thread):
 
     def raise_error(self):
         if self.error is not None:
-            raise CourseError(f"the output thread failed: {self.error!r}")
+            raise CourseError(f"the output thread failed: {self.error}")
 
 
 class ContextPipeline:

@@ -41,7 +41,7 @@ class InputSlot:
 class HostOutput:
     """A pinned buffer for one batch's logits, and the event recorded after the D2H into it."""
     logits: object
-    copied: object
+    ready: object
 
 
 def allocate(context, run, batch_size):
@@ -75,6 +75,8 @@ class InferenceGraphs:
     def launch(self, slot, batch_size):
         key = (slot.address, batch_size)
         if key not in self.graphs and self.capturable:
+            self.enqueue(slot, batch_size)  # outside the capture: finishes the shape's lazy set-up
+            cuda.synchronize(self.stream)
             try:
                 self.graphs[key] = self.capture(slot, batch_size)
             except CourseError as error:
@@ -93,7 +95,6 @@ class InferenceGraphs:
 
     def capture(self, slot, batch_size):
         with nvtx.phase("capture"):
-            self.enqueue(slot, batch_size)  # outside the capture: finishes the shape's lazy set-up
             cuda.begin_capture(self.stream)
             try:
                 self.enqueue(slot, batch_size)
@@ -111,7 +112,7 @@ def infer(graphs, compute_stream, buffers, slot, host_output, batch_size):
         cuda.record(slot.consumed, compute_stream)
     with nvtx.phase("d2h"):
         cuda.memcpy_dtoh_async(host_output.logits[:batch_size], output_address, compute_stream)
-        cuda.record(host_output.copied, compute_stream)
+        cuda.record(host_output.ready, compute_stream)
 
 
 def process_output(index, logits):
@@ -135,12 +136,12 @@ class OutputThread(threading.Thread):
         try:
             while (item := self.pending.get()) is not None:
                 index, batch_size, host_output = item
-                cuda.event_synchronize(host_output.copied)
+                cuda.event_synchronize(host_output.ready)
                 logits = host_output.logits[:batch_size].copy()
                 self.free.put(host_output)
                 process_output(index, logits)
                 self.outputs[index] = logits
-                self.timer.batch_done()
+                self.timer.batch_done(index)
         except Exception as error:
             self.error = error
             self.free.put(None)  # wakes the main thread if it is waiting for a buffer
@@ -153,7 +154,7 @@ class OutputThread(threading.Thread):
 
     def raise_error(self):
         if self.error is not None:
-            raise CourseError(f"the output thread failed: {self.error!r}")
+            raise CourseError(f"the output thread failed: {self.error}")
 
 
 class ContextPipeline:
@@ -164,8 +165,10 @@ class ContextPipeline:
         self.context = run.engine.create_execution_context()
         self.copy_stream, self.compute_stream = cuda.create_stream(), cuda.create_stream()
         # Select the profile first: input shapes and addresses are set for the active profile.
-        if not self.context.set_optimization_profile_async(profile, self.compute_stream):
-            raise CourseError(f"could not select optimization profile {profile}: see the engine's log above")
+        try:  # TensorRT's Python binding raises on failure rather than returning False
+            self.context.set_optimization_profile_async(profile, self.compute_stream)
+        except RuntimeError as error:
+            raise CourseError(f"could not select optimization profile {profile}: {error}") from None
         self.batch_indices = [index for index, images in enumerate(batches)
                               if run.loaded.profile_for(len(images)) == profile]
         largest = max(len(batches[index]) for index in self.batch_indices)
@@ -228,9 +231,9 @@ def mixed_batches(args):
 
 def main():
     parser = cli.parser(__doc__)
-    parser.add_argument("--small-batch-size", type=int, default=16, help="images per small batch (default 16)")
+    parser.add_argument("--small-batch-size", type=cli.whole_number(1), default=16, help="images per small batch (default 16)")
     args = parser.parse_args()
-    run = workload.prepare(args, ENGINE, precision="fp16", batches=mixed_batches(args))
+    run = workload.prepare(args, ENGINE, precision="fp16", batches=mixed_batches(args), profile=None)
     batches = [cuda.pinned_copy(images) for images in run.batches]  # as if the data were loaded there
     outputs = [None] * len(batches)
     profiles = range(run.engine.num_optimization_profiles)
@@ -243,7 +246,7 @@ def main():
     with concurrent.futures.ThreadPoolExecutor(len(pipelines), thread_name_prefix="context") as pool:
         for done in [pool.submit(pipeline.drive) for pipeline in pipelines]:
             done.result()  # re-raises a pipeline thread's exception here
-    results.finish(__doc__, args, run, timer, outputs, images=sum(len(images) for images in batches[-3:]))
+    results.finish(__doc__, args, run, timer, outputs)
 
 
 if __name__ == "__main__":

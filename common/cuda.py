@@ -4,6 +4,7 @@ cuda-python returns `(error, *values)` from each call instead of raising; `check
 a CourseError whose message says what to do.
 """
 import ctypes
+import sys
 
 import numpy as np
 
@@ -11,8 +12,8 @@ from common.errors import CourseError
 
 try:
     from cuda.bindings import runtime as cudart
-except ImportError as error:  # pragma: no cover - exercised only on a broken install
-    raise CourseError(f"cuda-python is missing ({error}): run `make setup`") from None
+except ImportError as error:  # at import time, before cli.run can turn a CourseError into one line
+    sys.exit(f"error: cuda-python is missing ({error}): run `make setup`")
 
 _ADVICE = {
     cudart.cudaError_t.cudaErrorInsufficientDriver: "no usable NVIDIA driver: these scripts need an NVIDIA GPU "

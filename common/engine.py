@@ -72,6 +72,17 @@ class LoadedEngine:
     def profiles(self):
         return [tuple(profile) for profile in self.metadata["profiles"]]
 
+    def check_batch(self, batch_size, profile):
+        """Raise a CourseError unless `profile` (None: any profile) holds batch_size."""
+        if profile is None:
+            self.profile_for(batch_size)
+            return
+        low, _, high = self.profiles[profile]
+        if not low <= batch_size <= high:
+            raise CourseError(f"batch size {batch_size} is outside optimization profile {profile} of {self.path} "
+                              f"(batch {low}..{high}), which this step uses: use a batch size in range or rebuild "
+                              "with 0_build.py --profile MIN:OPT:MAX")
+
     def profile_for(self, batch_size):
         """Index of the first optimization profile whose batch range holds batch_size."""
         for index, (low, _, high) in enumerate(self.profiles):

@@ -39,7 +39,7 @@ class Timer:
         self._lock = threading.Lock()
         self._started = self._window_started = self._stopped = None
         self._window_range = self._run_range = None
-        self._batch_starts, self._batch_ends = {}, []
+        self._batch_starts, self._batch_ends, self._done_order = {}, [], []
 
     def start_batch(self, index):
         with self._lock:
@@ -49,11 +49,12 @@ class Timer:
                 self._run_range = nvtx.start("all batches")  # per-batch trace figures are read over this
             self._batch_starts[index] = now
 
-    def batch_done(self):
-        """Call once a batch's output has been processed, from whichever thread processed it."""
+    def batch_done(self, index):
+        """Call once batch `index`'s output has been processed, from whichever thread processed it."""
         with self._lock:
             now = time.perf_counter()
             self._batch_ends.append(now)
+            self._done_order.append(index)
             if len(self._batch_ends) == self._batches - TIMED_BATCHES:
                 self._window_started = now
                 self._window_range = nvtx.start(f"last {TIMED_BATCHES} batches")
@@ -61,6 +62,12 @@ class Timer:
                 self._stopped = now
                 nvtx.end(self._window_range)
                 nvtx.end(self._run_range)
+
+    @property
+    def timed_batches(self):
+        """The indices of the batches whose results the window holds (in a step with several threads, these
+        need not be the last three batches of the list)."""
+        return self._done_order[-TIMED_BATCHES:]
 
     @property
     def last3_ms(self):
@@ -100,11 +107,11 @@ def check_outputs(outputs, reference, precision):
             "tolerance": tolerance, "summary": summary}
 
 
-def finish(docstring, args, run, timer, outputs, images=None):
+def finish(docstring, args, run, timer, outputs):
     """Check the outputs, print the step's figures, write reports/<step>.json; fail if the check failed."""
     stem = Path(sys.argv[0]).stem
     title, _, lesson = docstring.strip().splitlines()[0].partition(": ")
-    images = images if images is not None else TIMED_BATCHES * args.batch_size
+    images = sum(len(run.batches[index]) for index in timer.timed_batches)
     loaded, device = run.loaded, run.device
     check = check_outputs(outputs, run.reference, loaded.metadata["precision"])
     result = {

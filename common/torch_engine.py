@@ -115,7 +115,7 @@ class TorchExecutionContext:
 
     def set_optimization_profile_async(self, profile_index, stream):
         if not 0 <= profile_index < self._engine.num_optimization_profiles:
-            return False
+            raise RuntimeError(f"optimization profile {profile_index} does not exist")  # as TensorRT's binding
         self._profile = profile_index
         self._shapes.clear()  # as in TensorRT, input shapes must be set again after a profile switch
         return True

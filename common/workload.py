@@ -15,10 +15,12 @@ class Workload:
     reference: list
 
 
-def prepare(args, engine_name, precision, batches=None):
+def prepare(args, engine_name, precision, batches=None, profile=0):
     """Everything a step needs, checked, so that its main() holds only its lesson.
 
-    `batches` overrides the default workload (args.batches batches of args.batch_size images).
+    `batches` overrides the default workload (args.batches batches of args.batch_size images). `profile`
+    is the optimization profile the step's contexts use (a new context starts on profile 0); None for a
+    step that picks a profile per batch.
     """
     backend = engines.resolve_backend(args.backend)
     device = cuda.require_gpu()
@@ -26,7 +28,7 @@ def prepare(args, engine_name, precision, batches=None):
     loaded = engines.load(backend, path, precision, device)
     if batches is None:
         batches = data.make_batches(args.batches, args.batch_size, args.seed)
-    for images in batches:
-        loaded.profile_for(len(images))  # fails early, with one line, on a batch no profile can take
+    for images in batches:  # fail early, with one line, on a batch the step's profile cannot take
+        loaded.check_batch(len(images), profile)
     reference = data.reference_logits(build.WEIGHTS_PATH, batches, build.ENGINE_DIR / "cache")
     return Workload(loaded.engine, loaded.input, loaded.output, loaded, device, batches, reference)
