@@ -37,10 +37,7 @@ Run: python 0_build.py --precision fp16 --profile 1:256:1024 --name resnet18_fp1
 import argparse
 import contextlib
 import dataclasses
-import datetime
-import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -472,12 +469,9 @@ def write_result(args, loaded, device, summaries, figure_path):
         "check": {"passed": not failed and bool(checks),
                   "summary": f"{len(checks) - len(failed)} of {len(checks)} batch sizes match the reference"
                              + (f"; differ: {', '.join(failed)}" if failed else "")},
-        "plot": str(figure_path), "under_nsys": os.environ.get("COURSE_UNDER_NSYS") == "1",
-        "command": " ".join(["python", *sys.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": results.versions(),
+        "plot": str(figure_path), **results.run_record(),
     }
-    Path(args.reports, f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    results.save(args.reports, stem, result)
     return result
 
 

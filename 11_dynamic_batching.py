@@ -38,10 +38,7 @@ Run: python 11_dynamic_batching.py (--help for the options); it uses step 4's en
 """
 import argparse
 import dataclasses
-import datetime
-import json
 import math
-import os
 import queue
 import sys
 import threading
@@ -409,12 +406,9 @@ def write_result(args, loaded, device, settings, runs, figure_path):
         "check": {"passed": not failed and bool(runs),
                   "summary": f"{len(runs) - len(failed)} of {len(runs)} runs served every request once, with its own "
                              "image's result" + (f"; failed: {', '.join(failed)}" if failed else "")},
-        "plot": str(figure_path), "under_nsys": os.environ.get("COURSE_UNDER_NSYS") == "1",
-        "command": " ".join(["python", *sys.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": results.versions(),
+        "plot": str(figure_path), **results.run_record(),
     }
-    Path(args.reports, f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    results.save(args.reports, stem, result)
     return result
 
 

@@ -113,21 +113,17 @@ def finish(docstring, args, run, timer, outputs):
     title, _, lesson = docstring.strip().splitlines()[0].partition(": ")
     images = sum(len(run.batches[index]) for index in timer.timed_batches)
     loaded, device = run.loaded, run.device
+    batch_starts_ms, results_done_ms = timer.timeline_ms()
     check = check_outputs(outputs, run.reference, loaded.metadata["precision"])
     result = {
         "step": int(stem.split("_")[0]), "stem": stem, "title": title, "lesson": lesson,
         "backend": loaded.backend, "backend_label": loaded.label, "engine": str(loaded.path),
         "precision": loaded.metadata["precision"], "device": device[0], "batches": args.batches,
         "batch_size": args.batch_size, "last3_ms": timer.last3_ms, "total_ms": timer.total_ms,
-        "batch_starts_ms": timer.timeline_ms()[0], "results_done_ms": timer.timeline_ms()[1],
-        "images_per_s": images / timer.last3_ms * 1e3, "check": check,
-        "under_nsys": os.environ.get("COURSE_UNDER_NSYS") == "1",
-        "command": " ".join(["python", *sys.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": versions(),
+        "batch_starts_ms": batch_starts_ms, "results_done_ms": results_done_ms,
+        "images_per_s": images / timer.last3_ms * 1e3, "check": check, **run_record(),
     }
-    Path(args.reports).mkdir(parents=True, exist_ok=True)
-    Path(args.reports, f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    save(args.reports, stem, result)
     print(f"{stem} [{loaded.label}, {device[0]}]\n"
           f"  last {TIMED_BATCHES} batches: {timer.last3_ms:.2f} ms ({timer.last3_ms / TIMED_BATCHES:.2f} ms per batch, "
           f"{result['images_per_s']:.0f} images/s); all {args.batches} batches: {timer.total_ms:.2f} ms\n"
@@ -135,6 +131,22 @@ def finish(docstring, args, run, timer, outputs):
     if not check["passed"]:
         raise CourseError(f"{stem}'s outputs differ from the PyTorch reference ({check['summary']})")
     return result
+
+
+def run_record():
+    """How a result was made, recorded by every step: the command, when, whether under nsys, the versions."""
+    return {
+        "under_nsys": os.environ.get("COURSE_UNDER_NSYS") == "1",
+        "command": " ".join(["python", *sys.argv]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+    }
+
+
+def save(reports, stem, result):
+    """Write reports/<stem>.json."""
+    Path(reports).mkdir(parents=True, exist_ok=True)
+    Path(reports, f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 def versions():
