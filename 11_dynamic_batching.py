@@ -93,8 +93,9 @@ def parse_args():
     parser.add_argument("--batch-size", type=cli.whole_number(1), default=32,
                         help="the largest batch the batcher forms (default 32)")
     parser.add_argument("--batches", type=int, help=argparse.SUPPRESS)  # shared, but requests are what count here
-    parser.add_argument("--rates", type=numbers(0, False), default=[500, 1000, 2000, 4000, 8000], metavar="R,R,...",
-                        help="arrival rates to try, requests per second (default 500,1000,2000,4000,8000)")
+    parser.add_argument("--rates", type=numbers(0, False), default=[500, 1000, 2000, 4000, 8000, 16000],
+                        metavar="R,R,...", help="arrival rates to try, requests per second "
+                                                "(default 500,1000,2000,4000,8000,16000)")
     parser.add_argument("--max-wait-ms", type=numbers(0, True), default=[0, 2, 5], metavar="MS,MS,...",
                         help="the batcher's max waits to try, each with --batch-size (default 0,2,5); one "
                              "request at a time is always run too")
