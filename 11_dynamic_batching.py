@@ -24,8 +24,8 @@ The host side is Python (one thread each for the arrivals, the server and the ou
 that grows with the batch matters here as much as GPU work: gathering the images into the pinned staging
 buffer is one row copy per image, 602 KB of fp32 pixels each. Under nsys on the H100 machine that copy
 took 76 to 100 us per image and 92% of the server thread's time at 16,000 requests/s: it, not the GPU,
-is what saturates first. Going further means images that land in pinned memory once, or fewer bytes
-per image (8-bit pixels, normalized on the GPU), rather than a faster loop.
+is what saturates first. Going further means copying fewer bytes per image: images that land in
+pinned memory once, or 8-bit pixels normalized on the GPU.
 
 What to look for (the table, and reports/11_dynamic_batching.png):
 - one request at a time: fine at low rates; past about 1 / (latency of a batch of 1) it is overloaded:
