@@ -187,7 +187,6 @@ class EnginePipeline(Pipeline):
 
     def capture(self, buffers, slot):
         with nvtx.phase("capture"):
-            self.enqueue(buffers, slot)  # outside the capture: finishes the shape's lazy set-up (see step 7)
             cuda.begin_capture(self.compute_stream)
             try:
                 self.enqueue(buffers, slot)
@@ -200,6 +199,8 @@ class EnginePipeline(Pipeline):
         for slot in buffers.slots:
             if not self.capturable:
                 break
+            self.enqueue(buffers, slot)  # outside the capture: finishes the shape's lazy set-up (see step 7)
+            cuda.synchronize(self.compute_stream)
             try:
                 self.graphs[slot.address] = self.capture(buffers, slot)
             except CourseError as error:

@@ -154,7 +154,7 @@ class LoadGenerator(threading.Thread):
 
     def raise_error(self):
         if self.error is not None:
-            raise CourseError(f"the load generator failed: {self.error!r}")
+            raise CourseError(f"the load generator failed: {self.error}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ class InputSlot:
 class HostOutput:
     """A pinned buffer for one batch's logits, and the event recorded after the D2H into it."""
     logits: object
-    copied: object
+    ready: object
 
 
 class InferenceGraphs:
@@ -187,6 +187,8 @@ class InferenceGraphs:
     def launch(self, slot, batch_size):
         key = (slot.address, batch_size)
         if key not in self.graphs and self.capturable:
+            self.enqueue(slot, batch_size)  # outside the capture: finishes the shape's lazy set-up
+            cuda.synchronize(self.stream)
             try:
                 self.graphs[key] = self.capture(slot, batch_size)
             except CourseError as error:
@@ -205,7 +207,6 @@ class InferenceGraphs:
 
     def capture(self, slot, batch_size):
         with nvtx.phase("capture"):
-            self.enqueue(slot, batch_size)  # outside the capture: finishes the shape's lazy set-up
             cuda.begin_capture(self.stream)
             try:
                 self.enqueue(slot, batch_size)
@@ -260,7 +261,7 @@ class Server:
                 cuda.record(slot.consumed, self.compute_stream)
             with nvtx.phase("d2h"):
                 cuda.memcpy_dtoh_async(host_output.logits[:len(batch)], self.output_address, self.compute_stream)
-                cuda.record(host_output.copied, self.compute_stream)
+                cuda.record(host_output.ready, self.compute_stream)
             output_thread.pending.put((batch, host_output))  # the thread waits for the logits, not us
             sizes.append(len(batch))
         return sizes
@@ -283,7 +284,7 @@ class OutputThread(threading.Thread):
         try:
             while (item := self.pending.get()) is not None:
                 batch, host_output = item
-                cuda.event_synchronize(host_output.copied)
+                cuda.event_synchronize(host_output.ready)
                 completed = time.perf_counter()
                 rows = host_output.logits[:len(batch)].copy()
                 self.free.put(host_output)
@@ -304,7 +305,7 @@ class OutputThread(threading.Thread):
 
     def raise_error(self):
         if self.error is not None:
-            raise CourseError(f"the output thread failed: {self.error!r}")
+            raise CourseError(f"the output thread failed: {self.error}")
 
 
 # ---------------------------------------------------------------------------------------------------
