@@ -59,22 +59,6 @@ MIN_SECONDS = 0.25  # each throughput figure: long enough that the host clock's 
 REFERENCE_CHUNK = 128  # the fp32 reference is computed in chunks: a 1024-image fp32 batch may not fit
 
 
-def number_in(low, high, low_allowed=False):
-    """A float above `low` (or equal to it, where allowed) and below `high` (None: no upper limit)."""
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        too_low = value < low or (value == low and not low_allowed)
-        if not math.isfinite(value) or too_low or (high is not None and value >= high):
-            bounds = f"at least {low:g}" if low_allowed else f"above {low:g}"
-            raise argparse.ArgumentTypeError(f"must be {bounds}" + (f" and below {high:g}" if high else "")
-                                             + f", not {text}")
-        return value
-    return parse
-
-
 def parse_args():
     shared = cli.parser(__doc__)
     # The shared options, with --batch-size and --batches given this step's meaning ("resolve" lets a redefinition win).
@@ -84,10 +68,10 @@ def parse_args():
     parser.add_argument("--batches", type=cli.whole_number(3), default=10,
                         help="runs timed per batch size for each figure (default 10; small batches run more, "
                              f"to last at least {MIN_SECONDS} s)")
-    parser.add_argument("--knee-within", type=number_in(0, 100, low_allowed=True), default=5.0, metavar="PERCENT",
+    parser.add_argument("--knee-within", type=cli.number(0, 100, low_allowed=True), default=5.0, metavar="PERCENT",
                         help="the knee is the smallest batch within this many percent of the peak throughput "
                              "(default 5)")
-    parser.add_argument("--latency-budget-ms", type=number_in(0, None), action="append", metavar="MS",
+    parser.add_argument("--latency-budget-ms", type=cli.number(0), action="append", metavar="MS",
                         help="also name the best batch whose latency fits this budget (repeatable)")
     parser.add_argument("--no-pytorch", action="store_true", help="skip the plain PyTorch sweep")
     return parser.parse_args()

@@ -77,18 +77,6 @@ def numbers(minimum, allow_minimum):
     return parse
 
 
-def number_above(minimum):
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not (math.isfinite(value) and value > minimum):
-            raise argparse.ArgumentTypeError(f"must be above {minimum:g}, not {text}")
-        return value
-    return parse
-
-
 def parse_args():
     shared = cli.parser(__doc__)
     # The shared options, with --batch-size given this step's meaning ("resolve" lets a redefinition win).
@@ -102,7 +90,7 @@ def parse_args():
     parser.add_argument("--max-wait-ms", type=numbers(0, True), default=[0, 2, 5], metavar="MS,MS,...",
                         help="the batcher's max waits to try, each with --batch-size (default 0,2,5); one "
                              "request at a time is always run too")
-    parser.add_argument("--duration-s", type=number_above(0), default=1.0, metavar="S",
+    parser.add_argument("--duration-s", type=cli.number(0), default=1.0, metavar="S",
                         help="how long requests arrive in each run, seconds (default 1)")
     return parser.parse_args()
 

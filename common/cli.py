@@ -1,5 +1,6 @@
 """The options every step shares, and the entry point that turns a CourseError into one line."""
 import argparse
+import math
 import os
 import sys
 
@@ -31,6 +32,22 @@ def whole_number(minimum):
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+    return parse
+
+
+def number(low, high=None, low_allowed=False):
+    """An argparse type: a float above `low` (or equal to it, where allowed) and below `high` (None: no limit)."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        too_low = value < low or (value == low and not low_allowed)
+        if not math.isfinite(value) or too_low or (high is not None and value >= high):
+            bounds = f"at least {low:g}" if low_allowed else f"above {low:g}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}" + (f" and below {high:g}" if high else "")
+                                             + f", not {text}")
         return value
     return parse
 
