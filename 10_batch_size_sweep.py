@@ -441,22 +441,18 @@ def prepare(args):
 
 
 def write_result(args, loaded, device, summaries, figure_path):
-    stem = Path(sys.argv[0]).stem
-    title, _, lesson = __doc__.strip().splitlines()[0].partition(": ")
     checks = [row["check"] for summary in summaries for row in summary["rows"] if row["check"]]
     failed = [f"{summary['name']} batch {row['batch_size']}" for summary in summaries for row in summary["rows"]
               if row["check"] and not row["check"]["passed"]]
     result = {
-        "step": int(stem.split("_")[0]), "stem": stem, "kind": "sweep", "title": title, "lesson": lesson,
-        "backend": loaded.backend, "backend_label": loaded.label, "engine": str(loaded.path),
-        "precision": PRECISION, "profile": list(loaded.profiles[0]), "device": device[0],
+        **results.step_record(__doc__, loaded, device), "kind": "sweep", "profile": list(loaded.profiles[0]),
         "runs_per_figure": args.batches, "knee_within": args.knee_within / 100, "sweeps": summaries,
         "check": {"passed": not failed and bool(checks),
                   "summary": f"{len(checks) - len(failed)} of {len(checks)} batch sizes match the reference"
                              + (f"; differ: {', '.join(failed)}" if failed else "")},
         "plot": str(figure_path), **results.run_record(),
     }
-    results.save(args.reports, stem, result)
+    results.save(args.reports, result["stem"], result)
     return result
 
 

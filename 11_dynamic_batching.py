@@ -387,13 +387,9 @@ def plot(path, runs, title):
 
 
 def write_result(args, loaded, device, settings, runs, figure_path):
-    stem = Path(sys.argv[0]).stem
-    title, _, lesson = __doc__.strip().splitlines()[0].partition(": ")
     failed = [f"{run['setting']} at {run['offered_per_s']:g}/s" for run in runs if not run["check"]["passed"]]
     result = {
-        "step": int(stem.split("_")[0]), "stem": stem, "kind": "dynamic_batching", "title": title, "lesson": lesson,
-        "backend": loaded.backend, "backend_label": loaded.label, "engine": str(loaded.path),
-        "precision": PRECISION, "device": device[0], "rates": args.rates, "duration_s": args.duration_s,
+        **results.step_record(__doc__, loaded, device), "kind": "dynamic_batching", "rates": args.rates, "duration_s": args.duration_s,
         "seed": args.seed, "settings": [dataclasses.asdict(setting) | {"name": setting.name} for setting in settings],
         "runs": runs,
         "check": {"passed": not failed and bool(runs),
@@ -401,7 +397,7 @@ def write_result(args, loaded, device, settings, runs, figure_path):
                              "image's result" + (f"; failed: {', '.join(failed)}" if failed else "")},
         "plot": str(figure_path), **results.run_record(),
     }
-    results.save(args.reports, stem, result)
+    results.save(args.reports, result["stem"], result)
     return result
 
 

@@ -109,20 +109,16 @@ def check_outputs(outputs, reference, precision):
 
 def finish(docstring, args, run, timer, outputs):
     """Check the outputs, print the step's figures, write reports/<step>.json; fail if the check failed."""
-    stem = Path(sys.argv[0]).stem
-    title, _, lesson = docstring.strip().splitlines()[0].partition(": ")
     images = sum(len(run.batches[index]) for index in timer.timed_batches)
     loaded, device = run.loaded, run.device
     batch_starts_ms, results_done_ms = timer.timeline_ms()
     check = check_outputs(outputs, run.reference, loaded.metadata["precision"])
     result = {
-        "step": int(stem.split("_")[0]), "stem": stem, "title": title, "lesson": lesson,
-        "backend": loaded.backend, "backend_label": loaded.label, "engine": str(loaded.path),
-        "precision": loaded.metadata["precision"], "device": device[0], "batches": args.batches,
-        "batch_size": args.batch_size, "last3_ms": timer.last3_ms, "total_ms": timer.total_ms,
+        **step_record(docstring, loaded, device), "batches": args.batches, "batch_size": args.batch_size, "last3_ms": timer.last3_ms, "total_ms": timer.total_ms,
         "batch_starts_ms": batch_starts_ms, "results_done_ms": results_done_ms,
         "images_per_s": images / timer.last3_ms * 1e3, "check": check, **run_record(),
     }
+    stem = result["stem"]
     save(args.reports, stem, result)
     print(f"{stem} [{loaded.label}, {device[0]}]\n"
           f"  last {TIMED_BATCHES} batches: {timer.last3_ms:.2f} ms ({timer.last3_ms / TIMED_BATCHES:.2f} ms per batch, "
@@ -131,6 +127,17 @@ def finish(docstring, args, run, timer, outputs):
     if not check["passed"]:
         raise CourseError(f"{stem}'s outputs differ from the PyTorch reference ({check['summary']})")
     return result
+
+
+def step_record(docstring, loaded, device):
+    """What a result is of, recorded by every step: the step (its script's name and docstring), the engine, the GPU."""
+    stem = Path(sys.argv[0]).stem
+    title, _, lesson = docstring.strip().splitlines()[0].partition(": ")
+    return {
+        "step": int(stem.split("_")[0]), "stem": stem, "title": title, "lesson": lesson,
+        "backend": loaded.backend, "backend_label": loaded.label, "engine": str(loaded.path),
+        "precision": loaded.metadata["precision"], "device": device[0],
+    }
 
 
 def run_record():
