@@ -47,7 +47,7 @@ import matplotlib
 import numpy as np
 import torch
 
-from common import batching, build, cli, cuda, data, engine as engines, nvtx, report, results
+from common import batching, build, cli, cuda, data, engine as engines, nvtx, plots, results
 from common.errors import CourseError
 
 matplotlib.use("Agg")  # files only: no display needed
@@ -406,7 +406,7 @@ def plot(path, summaries, within, title):
     by_size.set_ylim(bottom=0)
     by_size.set_title(f"Throughput: the knee is the smallest batch within {within:.0%} of the peak", fontsize=10)
     for axes in (latency, trade):
-        report.plain_log_scale(axes, "y")
+        plots.plain_log_scale(axes, "y")
     latency.set_ylabel("latency of one batch (ms): H2D + inference + D2H")
     latency.set_title("Latency of a batch run alone", fontsize=10)
     trade.set_xlabel("throughput (images/s)")

@@ -51,7 +51,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
-from common import batching, build, cli, cuda, data, engine as engines, nvtx, report, results
+from common import batching, build, cli, cuda, data, engine as engines, nvtx, plots, results
 from common.errors import CourseError
 
 matplotlib.use("Agg")  # files only: no display needed
@@ -373,7 +373,7 @@ def plot(path, runs, title):
                 panel.annotate(f"{run['offered_per_s']:g}/s", (run["served_per_s"], run[key]), fontsize=7,
                                textcoords="offset points", xytext=(4, 4), color=colors(index))
         for which in "xy":
-            report.plain_log_scale(panel, which)
+            plots.plain_log_scale(panel, which)
         panel.margins(x=0.08)  # room for the rate labels of the rightmost points
         panel.set_xlabel("throughput served (requests/s); labels: the offered arrival rate")
         panel.set_ylabel(f"{name} latency (ms)")

@@ -1,4 +1,4 @@
-"""Tests of common/report.py (the summary, ladder and timelines) and tools/trim_nsys_sqlite.py.
+"""Tests of the report: common/nsys_trace.py (trace figures), common/report.py (the summary), common/plots.py (ladder, timelines) and tools/trim_nsys_sqlite.py.
 
 The traces are real Nsight Systems SQLite exports made on the lent H100 (nsys 2025.3.1) and trimmed
 with tools/trim_nsys_sqlite.py:
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from common import report
+from common import nsys_trace, plots, report
 from tools import trim_nsys_sqlite
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,8 +116,8 @@ def sweep_shares(db, window):
 
 @pytest.mark.parametrize("database", all_real_traces(), ids=fixture_id)
 def test_trace_figures_match_independent_computation(database):
-    trace = report.read_trace(database)
-    figures = report.trace_figures(trace)
+    trace = nsys_trace.read_trace(database)
+    figures = nsys_trace.trace_figures(trace)
     db = sqlite3.connect(database)
     window = independent_window(db)
     assert trace.window == window
@@ -138,8 +138,8 @@ def test_trace_figures_match_independent_computation(database):
 def test_run_range_figures_match_independent_computation(database):
     """The summary's figures: over the "all batches" range, divided by the step's batch count."""
     batches = json.loads(database.with_suffix(".json").read_text())["batches"]
-    trace = report.read_trace(database, report.RUN_RANGE)
-    figures = report.trace_figures(trace, batches)
+    trace = nsys_trace.read_trace(database, nsys_trace.RUN_RANGE)
+    figures = nsys_trace.trace_figures(trace, batches)
     db = sqlite3.connect(database)
     window = independent_window(db, "all batches")
     assert trace.window == window
@@ -164,8 +164,8 @@ def nsys_stats(database, report_name):
 @pytest.mark.parametrize("database", all_real_traces(), ids=fixture_id)
 def test_trace_figures_match_nsys_stats(database):
     """nsys's own reports, filtered to the same NVTX range, give the same totals."""
-    trace = report.read_trace(database)
-    figures = report.trace_figures(trace)
+    trace = nsys_trace.read_trace(database)
+    figures = nsys_trace.trace_figures(trace)
     kernels = nsys_stats(database, "cuda_gpu_kern_sum")
     copies = {row["Operation"]: int(row["Total Time (ns)"]) for row in nsys_stats(database, "cuda_gpu_mem_time_sum")}
     calls = {}
@@ -181,12 +181,12 @@ def test_trace_figures_match_nsys_stats(database):
     assert figures.kernel_ms * 3e6 == pytest.approx(sum(int(row["Total Time (ns)"]) for row in kernels), rel=1e-12)
     assert figures.h2d_ms * 3e6 == pytest.approx(copies.get("[CUDA memcpy Host-to-Device]", 0), rel=1e-12)
     assert figures.d2h_ms * 3e6 == pytest.approx(copies.get("[CUDA memcpy Device-to-Host]", 0), rel=1e-12)
-    for kind in (report.KERNEL_LAUNCH_CALLS, report.GRAPH_LAUNCH_CALLS):
+    for kind in (nsys_trace.KERNEL_LAUNCH_CALLS, nsys_trace.GRAPH_LAUNCH_CALLS):
         assert sum(name in kind for name in launches) == sum(calls.get(name, 0) for name in kind)
 
 
 def test_probe_traces_show_what_each_technique_changes():
-    figures = {path.stem: report.trace_figures(report.read_trace(path)) for path in PROBE_FIXTURES.glob("*.sqlite")}
+    figures = {path.stem: nsys_trace.trace_figures(nsys_trace.read_trace(path)) for path in PROBE_FIXTURES.glob("*.sqlite")}
     assert figures["baseline"].kernel_launches > 50 and figures["baseline"].graph_launches == 0
     assert figures["baseline"].copy_overlap_pct == 0  # synchronous copies never meet a kernel
     assert figures["overlap"].copy_overlap_pct > 50  # the copy stream runs under the compute stream
@@ -197,7 +197,7 @@ def course_figures(pattern):
     """Per-batch figures of a course fixture over its "all batches" range, as the summary shows them."""
     database = course_trace(pattern)
     batches = json.loads(database.with_suffix(".json").read_text())["batches"]
-    return report.trace_figures(report.read_trace(database, report.RUN_RANGE), batches)
+    return nsys_trace.trace_figures(nsys_trace.read_trace(database, nsys_trace.RUN_RANGE), batches)
 
 
 def test_cuda_graph_step_launches_one_graph_per_batch():
@@ -261,8 +261,8 @@ def make_old_layout_export(path, with_window=True):
 
 
 def test_figures_of_an_old_layout_export_worked_out_by_hand(tmp_path):
-    trace = report.read_trace(make_old_layout_export(tmp_path / "old.sqlite"))
-    figures = report.trace_figures(trace)
+    trace = nsys_trace.read_trace(make_old_layout_export(tmp_path / "old.sqlite"))
+    figures = nsys_trace.trace_figures(trace)
     # Window 10..40 ms. H2D: 8..12 (overlaps the start, counted whole) and 15..17; D2D is neither H2D nor D2H.
     assert figures.h2d_ms == pytest.approx((4 + 2) / 3)
     assert figures.d2h_ms == pytest.approx(1 / 3)
@@ -278,8 +278,8 @@ def test_figures_of_an_old_layout_export_worked_out_by_hand(tmp_path):
 
 
 def test_timeline_of_an_old_layout_export_is_drawn(tmp_path):
-    trace = report.read_trace(make_old_layout_export(tmp_path / "old.sqlite"))
-    report.plot_timeline(tmp_path / "timeline.png", trace, "old layout")
+    trace = nsys_trace.read_trace(make_old_layout_export(tmp_path / "old.sqlite"))
+    plots.plot_timeline(tmp_path / "timeline.png", trace, "old layout")
     assert (tmp_path / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -287,10 +287,10 @@ def test_unreadable_traces_give_a_reason(tmp_path):
     no_window = make_old_layout_export(tmp_path / "no_window.sqlite", with_window=False)
     not_a_database = tmp_path / "junk.sqlite"
     not_a_database.write_text("not SQLite")
-    with pytest.raises(report.TraceUnavailable, match="no NVTX range 'last 3 batches'"):
-        report.read_trace(no_window)
-    with pytest.raises(report.TraceUnavailable, match="junk.sqlite not read"):
-        report.read_trace(not_a_database)
+    with pytest.raises(nsys_trace.TraceUnavailable, match="no NVTX range 'last 3 batches'"):
+        nsys_trace.read_trace(no_window)
+    with pytest.raises(nsys_trace.TraceUnavailable, match="junk.sqlite not read"):
+        nsys_trace.read_trace(not_a_database)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -407,7 +407,7 @@ def test_report_on_probe_traces_fills_every_column(tmp_path, no_nsys):
     rows = table_rows(summary, "| step | H2D")
     assert [row[0] for row in rows] == ["1_baseline", "5_multi_streams", "7_cuda_graph"]
     assert all("–" not in row for row in rows)
-    graph = report.trace_figures(report.read_trace(PROBE_FIXTURES / "graph.sqlite"))
+    graph = nsys_trace.trace_figures(nsys_trace.read_trace(PROBE_FIXTURES / "graph.sqlite"))
     assert rows[2] == ["7_cuda_graph", f"{graph.h2d_ms:.3f}", f"{graph.kernel_ms:.3f}", f"{graph.d2h_ms:.3f}",
                        f"{graph.gpu_idle_pct:.1f}", "0", "1", f"{graph.copy_overlap_pct:.1f}"]
     assert "Traces exported by Nsight Systems 2025.3" in summary
@@ -486,11 +486,11 @@ def fake_nsys(tmp_path, source):
 def test_exports_a_report_with_nsys(tmp_path):
     rep = tmp_path / "7_cuda_graph.nsys-rep"
     rep.write_bytes(b"report")
-    database = report.sqlite_for(tmp_path, "7_cuda_graph", fake_nsys(tmp_path, PROBE_FIXTURES / "graph.sqlite"))
+    database = nsys_trace.sqlite_for(tmp_path, "7_cuda_graph", fake_nsys(tmp_path, PROBE_FIXTURES / "graph.sqlite"))
     assert database == tmp_path / "7_cuda_graph.sqlite"
     assert (tmp_path / "nsys-args").read_text().split("\n") == [
         "export", "--type", "sqlite", "--force-overwrite", "true", "--output", str(database), str(rep)]
-    assert report.trace_figures(report.read_trace(database)).graph_launches == 1
+    assert nsys_trace.trace_figures(nsys_trace.read_trace(database)).graph_launches == 1
 
 
 def test_reuses_an_up_to_date_export_and_refuses_a_stale_one(tmp_path):
@@ -498,11 +498,11 @@ def test_reuses_an_up_to_date_export_and_refuses_a_stale_one(tmp_path):
     rep.write_bytes(b"report")
     shutil.copy(PROBE_FIXTURES / "graph.sqlite", database)
     os.utime(rep, (1_000, 1_000))
-    assert report.sqlite_for(tmp_path, "7_cuda_graph", fake_nsys(tmp_path, PROBE_FIXTURES / "graph.sqlite")) == database
+    assert nsys_trace.sqlite_for(tmp_path, "7_cuda_graph", fake_nsys(tmp_path, PROBE_FIXTURES / "graph.sqlite")) == database
     assert not (tmp_path / "nsys-args").exists()  # no export needed
     os.utime(database, (500, 500))
-    with pytest.raises(report.TraceUnavailable, match="7_cuda_graph.sqlite is older than it"):
-        report.sqlite_for(tmp_path, "7_cuda_graph", None)
+    with pytest.raises(nsys_trace.TraceUnavailable, match="7_cuda_graph.sqlite is older than it"):
+        nsys_trace.sqlite_for(tmp_path, "7_cuda_graph", None)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -518,8 +518,8 @@ def test_trimming_keeps_the_figures(tmp_path, capsys):
     source = PROBE_FIXTURES / "overlap.sqlite"
     trim_nsys_sqlite.main([str(source), str(tmp_path / "trimmed.sqlite"), "--margin-ms", "0"])
     assert "same figures" in capsys.readouterr().out
-    before, after = (report.read_trace(path) for path in (source, tmp_path / "trimmed.sqlite"))
-    assert report.trace_figures(before) == report.trace_figures(after)
+    before, after = (nsys_trace.read_trace(path) for path in (source, tmp_path / "trimmed.sqlite"))
+    assert nsys_trace.trace_figures(before) == nsys_trace.trace_figures(after)
     assert before.ranges == after.ranges and before.gpu_ops == after.gpu_ops
 
 

@@ -1,0 +1,301 @@
+"""Read an Nsight Systems trace: the SQLite export of a step's .nsys-rep, and the per-batch figures in it.
+
+A .nsys-rep is exported once with `nsys export --type sqlite` (an up-to-date <stem>.sqlite beside it is
+reused) and read with plain SQL. The SQLite export is the documented interface (Nsight Systems
+documentation, "SQLite Export Schema Reference"; it is also what `nsys stats` reads), while the .nsys-rep
+format is not documented. Tables and columns this module reads:
+    NVTX_EVENTS                 start, end, text or textId (-> StringIds), globalTid, domainId, eventType
+    StringIds                   id, value
+    CUPTI_ACTIVITY_KIND_KERNEL  start, end, streamId
+    CUPTI_ACTIVITY_KIND_MEMCPY  start, end, streamId, copyKind (CUPTI's memcpy kinds: 1 host-to-device,
+                                2 device-to-host, 8 device-to-device; the export's ENUM_CUDA_MEMCPY_OPER)
+    CUPTI_ACTIVITY_KIND_MEMSET  start, end, streamId
+    CUPTI_ACTIVITY_KIND_RUNTIME start, end, nameId (-> StringIds: 'cudaLaunchKernel_v7000', 'cuLaunchKernel',
+                                'cudaGraphLaunch_v10000', ...); holds runtime and driver API calls
+    ThreadNames                 globalTid, nameId;  TARGET_INFO_CUDA_CONTEXT_INFO  nullStreamId
+    META_DATA_EXPORT            name, value (the exporting nsys version, shown in the summary)
+Checked against Nsight Systems 2025.3.1 on an H100 (its exporter calls itself 2025.3.2.0, schema 3.20.3)
+and the layout documented for 2021.5, where NVTX text is inline in `text`; tables are made only when
+they have rows (no memsets, say), so a missing table reads as empty.
+Timestamps are nanoseconds on one clock for CPU and GPU events; globalTid % 0x1000000 is the thread id.
+
+What the figures mean
+---------------------
+They cover the NVTX range "all batches" (the whole timed run) and are divided by its number of batches;
+traces made before that range existed fall back to "last 3 batches" (the timed window), divided by 3.
+An operation counts when it overlaps the range, with its whole duration: the same selection as
+`nsys stats --filter-nvtx "all batches" -r cuda_gpu_kern_sum,cuda_gpu_mem_time_sum,cuda_api_sum`, so a
+reader can check any figure with nsys itself. Shares of time (GPU idle, copy overlapped with compute) are
+measured inside the window. Kernel launches count the API calls that launch one kernel; a CUDA graph
+launch starts many kernels with one call and is counted separately.
+"""
+import dataclasses
+import re
+import sqlite3
+import subprocess
+
+WINDOW_RANGE = "last 3 batches"
+BATCHES_IN_WINDOW = 3
+# The range around every timed batch: per-batch counts and GPU times are read over it, divided by the
+# number of batches. The last-3 window sits at the end of the run, where a pipelined step is draining
+# (its last batches were launched before the window opened), so per-batch counts there would mislead.
+RUN_RANGE = "all batches"
+
+# CUPTI_ActivityMemcpyKind values, as the export stores them in CUPTI_ACTIVITY_KIND_MEMCPY.copyKind.
+COPY_KINDS = {1: "H2D", 2: "D2H", 8: "D2D"}
+COPY_OPS = ("H2D", "D2H", "D2D", "other copy")
+GPU_OP_KINDS = ("kernel", *COPY_OPS, "memset")
+
+# API calls that launch one kernel (runtime and driver), and those that launch a whole CUDA graph.
+# The export names them with a version suffix ('cudaLaunchKernel_v7000'); it is stripped before matching.
+KERNEL_LAUNCH_CALLS = {
+    "cudaLaunchKernel", "cudaLaunchKernelExC", "cudaLaunchCooperativeKernel",
+    "cuLaunchKernel", "cuLaunchKernelEx", "cuLaunchCooperativeKernel",
+}
+GRAPH_LAUNCH_CALLS = {"cudaGraphLaunch", "cuGraphLaunch"}
+
+# `nsys profile -t cublas,cudnn` records every cuBLAS/cuDNN call as an NVTX range in these domains; they
+# describe the library, not the course's phases, so the timelines leave them out.
+LIBRARY_NVTX_DOMAINS = ("cuBLAS", "cuDNN")
+
+
+class TraceUnavailable(Exception):
+    """A step's trace could not be read; the message says why in one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuOp:
+    kind: str  # "kernel", "memset", or a copy kind from COPY_OPS
+    start: int  # ns
+    end: int
+    stream: int
+
+
+@dataclasses.dataclass(frozen=True)
+class NvtxRange:
+    name: str
+    start: int  # ns
+    end: int
+    thread: int  # globalTid of the thread that opened it
+
+
+@dataclasses.dataclass
+class Trace:
+    """What the report uses from one trace: everything that overlaps the "last 3 batches" window."""
+    window: tuple  # (start, end) in ns
+    gpu_ops: list
+    ranges: list
+    api_calls: list  # (base name such as 'cudaLaunchKernel', globalTid) of the CUDA API calls
+    thread_names: dict  # globalTid -> name
+    null_streams: set
+    nsys_version: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TraceFigures:
+    """Per-batch figures of one trace (ms, counts) and shares of the window (%)."""
+    h2d_ms: float
+    kernel_ms: float
+    d2h_ms: float
+    gpu_idle_pct: float
+    kernel_launches: float
+    graph_launches: float
+    copy_overlap_pct: float  # None when the window holds no copies
+
+
+# ---------------------------------------------------------------------------------------------------
+# Finding and exporting traces
+
+
+def sqlite_for(directory, stem, nsys):
+    """The SQLite export of DIR/<stem>.nsys-rep: reused if up to date, made with nsys otherwise."""
+    report, database = directory / f"{stem}.nsys-rep", directory / f"{stem}.sqlite"
+    if database.exists() and (not report.exists() or database.stat().st_mtime >= report.stat().st_mtime):
+        return database
+    if not report.exists():
+        raise TraceUnavailable(f"no {report} (profile the step with `make profile-all` for trace figures)")
+    if nsys is None:
+        stale = f" ({database.name} is older than it)" if database.exists() else ""
+        raise TraceUnavailable(f"{report} not read{stale}: nsys is not on PATH "
+                               "(install Nsight Systems, or export the .sqlite where nsys is)")
+    command = [nsys, "export", "--type", "sqlite", "--force-overwrite", "true", "--output", str(database), str(report)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise TraceUnavailable(f"{report} not read: `{' '.join(command)}` failed ({error})") from None
+    if done.returncode != 0 or not database.exists():
+        last_line = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
+        raise TraceUnavailable(f"{report} not read: nsys export failed: {last_line}")
+    return database
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading a trace
+
+
+def read_trace(database, range_name=WINDOW_RANGE):
+    """Read the last NVTX range of that name in an nsys SQLite export, and what overlaps it."""
+    try:
+        connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    except sqlite3.Error as error:
+        raise TraceUnavailable(f"{database} not read: {error}") from None
+    try:
+        window = find_window(connection, database, range_name)
+        return Trace(
+            window=window, gpu_ops=read_gpu_ops(connection, window),
+            ranges=read_nvtx_ranges(connection, window), api_calls=read_api_calls(connection, window),
+            thread_names=read_thread_names(connection), null_streams=read_null_streams(connection),
+            nsys_version=read_export_version(connection))
+    except sqlite3.Error as error:  # not an nsys export, or a damaged one
+        raise TraceUnavailable(f"{database} not read: {error}") from None
+    finally:
+        connection.close()
+
+
+def columns(connection, table):
+    """The column names of a table; empty when the export has no such table (tables are made lazily)."""
+    return {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+
+
+def nvtx_name_sql(connection):
+    """SQL for an NVTX event's text: inline in `text`, or a registered string behind `textId`."""
+    if "textId" in columns(connection, "NVTX_EVENTS"):
+        return "COALESCE(n.text, (SELECT value FROM StringIds WHERE id = n.textId))"
+    return "n.text"
+
+
+def find_window(connection, database, range_name=WINDOW_RANGE):
+    """(start, end) in ns of the last NVTX range named range_name."""
+    if not columns(connection, "NVTX_EVENTS"):
+        raise TraceUnavailable(f"{database} has no NVTX events (profile with `nsys profile -t cuda,nvtx`)")
+    row = connection.execute(
+        f"SELECT n.start, n.end FROM NVTX_EVENTS AS n WHERE {nvtx_name_sql(connection)} = ? AND n.end > n.start "
+        "ORDER BY n.start DESC LIMIT 1", (range_name,)).fetchone()
+    if row is None:
+        raise TraceUnavailable(f"{database} has no NVTX range {range_name!r} (is it a trace of a course step?)")
+    return row
+
+
+def read_gpu_ops(connection, window):
+    """Kernels, copies and memsets that overlap the window, in start order."""
+    ops = []
+    if columns(connection, "CUPTI_ACTIVITY_KIND_KERNEL"):
+        rows = overlapping(connection, "CUPTI_ACTIVITY_KIND_KERNEL", "start, end, streamId", window)
+        ops += [GpuOp("kernel", start, end, stream) for start, end, stream in rows]
+    if columns(connection, "CUPTI_ACTIVITY_KIND_MEMCPY"):
+        rows = overlapping(connection, "CUPTI_ACTIVITY_KIND_MEMCPY", "start, end, streamId, copyKind", window)
+        ops += [GpuOp(COPY_KINDS.get(kind, "other copy"), start, end, stream) for start, end, stream, kind in rows]
+    if columns(connection, "CUPTI_ACTIVITY_KIND_MEMSET"):
+        rows = overlapping(connection, "CUPTI_ACTIVITY_KIND_MEMSET", "start, end, streamId", window)
+        ops += [GpuOp("memset", start, end, stream) for start, end, stream in rows]
+    return sorted(ops, key=lambda op: op.start)
+
+
+def overlapping(connection, table, selected, window):
+    return connection.execute(f"SELECT {selected} FROM {table} WHERE start < ? AND end > ?", (window[1], window[0]))
+
+
+def read_nvtx_ranges(connection, window):
+    """NVTX ranges (not marks) that overlap the window, minus the cuBLAS/cuDNN call ranges."""
+    library_domains = ""
+    if "domainId" in columns(connection, "NVTX_EVENTS"):
+        marks = ", ".join("?" * len(LIBRARY_NVTX_DOMAINS))
+        # A domain's name is the text of its creation event, the only one of its events without an end.
+        library_domains = (f"AND COALESCE(n.domainId, 0) NOT IN (SELECT d.domainId FROM NVTX_EVENTS AS d "
+                           f"WHERE d.end IS NULL AND d.domainId IS NOT NULL AND d.text IN ({marks}))")
+    rows = connection.execute(
+        f"SELECT {nvtx_name_sql(connection)}, n.start, n.end, n.globalTid FROM NVTX_EVENTS AS n "
+        f"WHERE n.end > n.start AND n.start < ? AND n.end > ? {library_domains} ORDER BY n.start",
+        (window[1], window[0], *(LIBRARY_NVTX_DOMAINS if library_domains else ())))
+    return [NvtxRange(name or "(unnamed)", start, end, thread) for name, start, end, thread in rows]
+
+
+def read_api_calls(connection, window):
+    """(base name, thread) of the CUDA runtime/driver API calls that overlap the window, on every thread."""
+    if not columns(connection, "CUPTI_ACTIVITY_KIND_RUNTIME"):
+        return []
+    rows = connection.execute(
+        "SELECT s.value, r.globalTid FROM CUPTI_ACTIVITY_KIND_RUNTIME AS r JOIN StringIds AS s ON s.id = r.nameId "
+        "WHERE r.start < ? AND r.end > ?", (window[1], window[0]))
+    return [(api_base_name(name), thread) for name, thread in rows]
+
+
+def api_base_name(name):
+    """'cudaLaunchKernel_v7000' -> 'cudaLaunchKernel' (the export appends the API version)."""
+    return re.sub(r"_v\d+$", "", name)
+
+
+def read_thread_names(connection):
+    if not columns(connection, "ThreadNames"):
+        return {}
+    rows = connection.execute(
+        "SELECT t.globalTid, s.value FROM ThreadNames AS t JOIN StringIds AS s ON s.id = t.nameId")
+    return dict(rows.fetchall())
+
+
+def read_null_streams(connection):
+    if "nullStreamId" not in columns(connection, "TARGET_INFO_CUDA_CONTEXT_INFO"):
+        return set()
+    return {row[0] for row in connection.execute("SELECT nullStreamId FROM TARGET_INFO_CUDA_CONTEXT_INFO")}
+
+
+def read_export_version(connection):
+    if not columns(connection, "META_DATA_EXPORT"):
+        return "unknown"
+    row = connection.execute("SELECT value FROM META_DATA_EXPORT WHERE name = 'EXPORT_PRODUCT_VERSION'").fetchone()
+    return row[0] if row else "unknown"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Figures from a trace
+
+
+def trace_figures(trace, batches=BATCHES_IN_WINDOW):
+    """The per-batch figures of the summary table over a trace's range holding `batches` batches."""
+    per_batch_ms = lambda ns: ns / 1e6 / batches  # noqa: E731
+    durations = {kind: sum(op.end - op.start for op in trace.gpu_ops if op.kind == kind) for kind in GPU_OP_KINDS}
+    window_ns = trace.window[1] - trace.window[0]
+    busy = union(clip(op, trace.window) for op in trace.gpu_ops)
+    copies = union(clip(op, trace.window) for op in trace.gpu_ops if op.kind in COPY_OPS)
+    kernels = union(clip(op, trace.window) for op in trace.gpu_ops if op.kind == "kernel")
+    copy_ns = total_length(copies)
+    return TraceFigures(
+        h2d_ms=per_batch_ms(durations["H2D"]), kernel_ms=per_batch_ms(durations["kernel"]),
+        d2h_ms=per_batch_ms(durations["D2H"]),
+        gpu_idle_pct=100.0 * (1 - total_length(busy) / window_ns),
+        kernel_launches=sum(name in KERNEL_LAUNCH_CALLS for name, _ in trace.api_calls) / batches,
+        graph_launches=sum(name in GRAPH_LAUNCH_CALLS for name, _ in trace.api_calls) / batches,
+        copy_overlap_pct=100.0 * total_length(intersection(copies, kernels)) / copy_ns if copy_ns else None)
+
+
+def clip(op, window):
+    return max(op.start, window[0]), min(op.end, window[1])
+
+
+def union(intervals):
+    """Merge (start, end) intervals into a sorted list of disjoint ones."""
+    merged = []
+    for start, end in sorted(intervals):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [tuple(interval) for interval in merged]
+
+
+def intersection(a, b):
+    """Intersection of two sorted lists of disjoint intervals."""
+    result, i, j = [], 0, 0
+    while i < len(a) and j < len(b):
+        start, end = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if start < end:
+            result.append((start, end))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return result
+
+
+def total_length(intervals):
+    return sum(end - start for start, end in intervals)

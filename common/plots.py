@@ -1,0 +1,168 @@
+"""Every picture the course draws, in one style: the ladder, the step timelines, and the figures of steps 10 and 11."""
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed, works on CI machines
+import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
+from matplotlib import ticker  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from common.nsys_trace import RUN_RANGE, WINDOW_RANGE, clip  # noqa: E402
+
+# Timeline colours: GPU work in strong colours, the NVTX phase doing it in a light tint of the same hue
+# (the hues of common/nvtx.py, so the picture matches what the Nsight Systems GUI shows).
+GPU_COLORS = {"kernel": "#1f5fbf", "H2D": "#2e9e44", "D2H": "#8e44ad", "D2D": "#b8860b",
+              "other copy": "#7f7f7f", "memset": "#c0392b"}
+PHASE_COLORS = {"infer": "#aec7e8", "h2d": "#a8dcb0", "d2h": "#d7bde2", "alloc": "#f5b7b1",
+                "free": "#f8c471", "output": "#f7dc6f", "sync": "#d5d8dc", "warm-up": "#eeeeee",
+                "capture": "#a3e4d7"}
+OTHER_RANGE_COLOR = "#e5e5e5"
+
+# ---------------------------------------------------------------------------------------------------
+# The ladder chart
+
+
+def plot_ladder(path, labels, ms_per_batch, notes, xlabel, title):
+    """Horizontal bars (step names stay readable) of ms per batch, each with its note (the speedup) beside it."""
+    figure, axes = plt.subplots(figsize=(10, 1.2 + 0.55 * len(labels)), layout="constrained")
+    bars = axes.barh(labels, ms_per_batch, color="#1f5fbf")
+    axes.invert_yaxis()  # step 1 on top, as the course reads
+    for bar, value, note in zip(bars, ms_per_batch, notes):
+        label = f"  {value:.2f} ms" + (f", {note}" if note else "")
+        axes.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, label, va="center", fontsize=9)
+    axes.set_xlim(0, max(ms_per_batch) * 1.45)  # room for the labels right of the longest bar
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel("step")
+    axes.set_title(title, fontsize=11)
+    axes.grid(axis="x", alpha=0.3)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plain_log_scale(axes, which):
+    """A log scale on the x or y axis, labelled 1, 2, 5, 10, 20, ... rather than in powers of ten."""
+    getattr(axes, f"set_{which}scale")("log")
+    axis = getattr(axes, f"{which}axis")
+    axis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Timelines
+
+
+def plot_timeline(path, trace, title):
+    """The window as lanes: one per CUDA stream (its kernels and copies), one per host thread (its NVTX
+    ranges, nested ranges on rows below their parent); time in ms from the start of the window."""
+    stream_lanes = stream_lanes_of(trace)
+    thread_lanes = thread_lanes_of(trace)
+    rows = len(stream_lanes) + sum(len(lane_rows) for _, lane_rows in thread_lanes)
+    figure, axes = plt.subplots(figsize=(14, 1.9 + 0.42 * rows), layout="constrained")
+    window_ms = (trace.window[1] - trace.window[0]) / 1e6
+    axes.set_xlim(0, window_ms)
+    pixels_per_ms = figure.get_figwidth() * 0.8 * figure.dpi / window_ms  # about 80% of the width is the plot
+
+    ticks, tick_labels, y = [], [], 0
+    for stream, ops in stream_lanes:
+        for kind in GPU_COLORS:
+            spans = [to_ms(clip(op, trace.window), trace.window) for op in ops if op.kind == kind]
+            axes.broken_barh(spans, (y + 0.15, 0.7), color=GPU_COLORS[kind], linewidth=0)
+        ticks.append(y + 0.5)
+        tick_labels.append(stream_label(stream, trace))
+        y += 1
+    for thread, lane_rows in thread_lanes:
+        axes.axhline(y, color="black", linewidth=0.6)
+        for depth, ranges in enumerate(lane_rows):
+            for nvtx_range in ranges:
+                draw_range(axes, nvtx_range, trace.window, y + depth, pixels_per_ms)
+        ticks.append(y + len(lane_rows) / 2)
+        tick_labels.append(thread_label(thread, trace))
+        y += len(lane_rows)
+    starts = batch_starts(trace)
+    for start in starts:
+        axes.axvline(start, color="black", linestyle=":", linewidth=0.8)
+
+    axes.set_ylim(y, 0)  # lanes top to bottom: GPU streams first
+    axes.set_yticks(ticks, tick_labels, fontsize=9)
+    axes.set_xlabel(f"time since the start of the NVTX range \"{WINDOW_RANGE}\" (ms)"
+                    + ("; dotted: a batch starts" if starts else ""))
+    axes.set_title(title, fontsize=11)
+    axes.grid(axis="x", alpha=0.3)
+    axes.tick_params(axis="y", length=0)
+    figure.legend(handles=legend_entries(trace, thread_lanes), loc="outside lower center", ncols=7, fontsize=9,
+                  frameon=False)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def legend_entries(trace, thread_lanes):
+    """A patch per GPU operation kind and per NVTX phase in the picture: short ranges carry no name."""
+    names = {r.name for _, rows in thread_lanes for row in rows for r in row}
+    entries = [Patch(color=color, label=f"GPU: {kind}") for kind, color in GPU_COLORS.items()
+               if any(op.kind == kind for op in trace.gpu_ops)]
+    entries += [Patch(facecolor=color, edgecolor="#555555", label=f"host: {name}")
+                for name, color in PHASE_COLORS.items() if name in names]
+    if names - PHASE_COLORS.keys():
+        entries.append(Patch(facecolor=OTHER_RANGE_COLOR, edgecolor="#555555", label="host: batch i or other range"))
+    return entries
+
+
+def stream_lanes_of(trace):
+    streams = sorted({op.stream for op in trace.gpu_ops})
+    return [(stream, [op for op in trace.gpu_ops if op.stream == stream]) for stream in streams]
+
+
+def thread_lanes_of(trace):
+    """(thread, rows) for each thread with NVTX ranges in the window; the main thread first."""
+    shown = [r for r in trace.ranges if r.name not in (WINDOW_RANGE, RUN_RANGE)]  # they span the whole axis
+    threads = sorted({r.thread for r in shown}, key=lambda t: (not is_main_thread(t), min(
+        r.start for r in shown if r.thread == t)))
+    return [(thread, stack_rows([r for r in shown if r.thread == thread])) for thread in threads]
+
+
+def stack_rows(ranges):
+    """Put each range on the first row that is free when it starts: a nested range lands below its parent."""
+    rows, row_ends = [], []
+    for nvtx_range in sorted(ranges, key=lambda r: (r.start, -r.end)):
+        row = next((i for i, end in enumerate(row_ends) if end <= nvtx_range.start), len(rows))
+        if row == len(rows):
+            rows.append([])
+            row_ends.append(0)
+        rows[row].append(nvtx_range)
+        row_ends[row] = nvtx_range.end
+    return rows
+
+
+def draw_range(axes, nvtx_range, window, row, pixels_per_ms):
+    start, end = to_ms(clip(nvtx_range, window), window)
+    color = PHASE_COLORS.get(nvtx_range.name, OTHER_RANGE_COLOR)
+    axes.broken_barh([(start, end)], (row + 0.1, 0.8), facecolor=color, edgecolor="#555555", linewidth=0.5)
+    if end * pixels_per_ms > 7 * len(nvtx_range.name) + 6:  # name it only where the name fits (about 7 px a letter)
+        axes.text(start + end / 2, row + 0.5, nvtx_range.name, ha="center", va="center", fontsize=8, clip_on=True)
+
+
+def to_ms(span, window):
+    """(start, end) in ns -> (offset from the window start, width) in ms, as broken_barh wants."""
+    return (span[0] - window[0]) / 1e6, (span[1] - span[0]) / 1e6
+
+
+def batch_starts(trace):
+    return [(r.start - trace.window[0]) / 1e6 for r in trace.ranges
+            if re.fullmatch(r"batch \d+", r.name) and r.start >= trace.window[0]]
+
+
+def is_main_thread(global_tid):
+    """A process's main thread has the process's id (globalTid packs both, 24 bits each)."""
+    return global_tid % 0x1000000 == global_tid // 0x1000000 % 0x1000000
+
+
+def stream_label(stream, trace):
+    return f"GPU stream {stream}" + (" (default)" if stream in trace.null_streams else "")
+
+
+def thread_label(thread, trace):
+    name = trace.thread_names.get(thread, "")
+    role = "main" if is_main_thread(thread) else "worker"
+    return f"host thread {thread % 0x1000000}\n({', '.join(filter(None, [name, role]))})"
