@@ -56,7 +56,7 @@ def main():
     with nvtx.phase("warm-up"):  # the first run of a shape pays one-off costs; keep them out of the timing
         infer(context, stream, run, run.batches[0])
 
-    timer = results.Timer(args.batches)
+    timer = results.Timer(args.batches, args.repeats)
     outputs = []
     for index, images in enumerate(run.batches):
         timer.start_batch(index)

@@ -59,11 +59,11 @@ def main():
     context = run.engine.create_execution_context()
     stream = cuda.create_stream()
     buffers = allocate(context, run, args.batch_size)
-    batches = [cuda.pinned_copy(images) for images in run.batches]  # as if the data were loaded there
+    batches = cuda.pinned_copies(run.batches)  # as if the data were loaded there
     with nvtx.phase("warm-up"):  # the first run of a shape pays one-off costs; keep them out of the timing
         infer(context, stream, run, buffers, batches[0])
 
-    timer = results.Timer(args.batches)
+    timer = results.Timer(args.batches, args.repeats)
     outputs = []
     for index, images in enumerate(batches):
         timer.start_batch(index)

@@ -124,14 +124,14 @@ def main():
     copy_stream, compute_stream = cuda.create_stream(), cuda.create_stream()
     buffers = allocate(context, run, args.batch_size)
     slots = buffers[0]
-    batches = [cuda.pinned_copy(images) for images in run.batches]  # as if the data were loaded there
+    batches = cuda.pinned_copies(run.batches)  # as if the data were loaded there
     with nvtx.phase("warm-up"):  # first runs pay one-off costs; keep them out of the timing
         for slot in slots:
             copy_in(copy_stream, slot, batches[0])
             infer(context, compute_stream, run, buffers, slot, buffers[2][0], len(batches[0]))
         cuda.synchronize(compute_stream)
 
-    timer = results.Timer(args.batches)
+    timer = results.Timer(args.batches, args.repeats)
     outputs = [None] * len(batches)
     output_thread = OutputThread(buffers[2], outputs, timer)
     output_thread.start()

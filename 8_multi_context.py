@@ -217,9 +217,9 @@ def batch_queue(indices):
 def main():
     args = cli.parser(__doc__).parse_args()
     run = workload.prepare(args, ENGINE, precision="fp16")
-    batches = [cuda.pinned_copy(images) for images in run.batches]  # as if the data were loaded there
+    batches = cuda.pinned_copies(run.batches)  # as if the data were loaded there
     outputs = [None] * len(batches)
-    timer = results.Timer(args.batches)
+    timer = results.Timer(args.batches, args.repeats)
     pipelines = [ContextPipeline(run, batches, outputs, timer) for _ in range(CONTEXTS)]
     for pipeline in pipelines:
         pipeline.warm_up()

@@ -234,10 +234,10 @@ def main():
     parser.add_argument("--small-batch-size", type=cli.whole_number(1), default=16, help="images per small batch (default 16)")
     args = parser.parse_args()
     run = workload.prepare(args, ENGINE, precision="fp16", batches=mixed_batches(args), profile=None)
-    batches = [cuda.pinned_copy(images) for images in run.batches]  # as if the data were loaded there
+    batches = cuda.pinned_copies(run.batches)  # as if the data were loaded there
     outputs = [None] * len(batches)
     profiles = range(run.engine.num_optimization_profiles)
-    timer = results.Timer(args.batches)
+    timer = results.Timer(args.batches, args.repeats)
     pipelines = [ContextPipeline(run, batches, outputs, timer, profile) for profile in profiles
                  if any(run.loaded.profile_for(len(images)) == profile for images in batches)]
     for pipeline in pipelines:

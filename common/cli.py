@@ -16,7 +16,10 @@ def parser(docstring):
                                 "$BACKEND or auto)")
     arguments.add_argument("--engine", help="engine file (default: the step's engine under engines/)")
     arguments.add_argument("--batches", type=whole_number(4), default=10,
-                           help="number of batches (default 10; at least 4: the last 3 are timed after one)")
+                           help="batches in a timed window (default 10; at least 4: the source tutorial times the last 3)")
+    arguments.add_argument("--repeats", type=whole_number(1), default=5,
+                           help="timed windows of --batches batches, run back to back after the warm-up; the "
+                                "figure is their median (default 5)")
     arguments.add_argument("--batch-size", type=whole_number(1), default=128, help="images per batch (default 128)")
     arguments.add_argument("--seed", type=int, default=0, help="seed of the synthetic images (default 0)")
     arguments.add_argument("--reports", default="reports", help="where the JSON result goes (default reports/)")

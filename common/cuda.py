@@ -105,6 +105,16 @@ def create_event():
     return check(cudart.cudaEventCreateWithFlags(cudart.cudaEventDisableTiming))
 
 
+def create_timing_event():
+    """An event that records a GPU timestamp, for elapsed_ms."""
+    return check(cudart.cudaEventCreate())
+
+
+def elapsed_ms(start, end):
+    """GPU time between two recorded timing events, in ms (both must have completed)."""
+    return check(cudart.cudaEventElapsedTime(start, end))
+
+
 def record(event, stream):
     check(cudart.cudaEventRecord(event, stream))
 
@@ -123,6 +133,16 @@ def pinned_copy(array):
     pinned = pinned_empty(array.shape, array.dtype)
     pinned[...] = array
     return pinned
+
+
+def pinned_copies(arrays):
+    """Page-locked copies of host arrays; an array listed several times (the timed run repeats its batches)
+    is copied once."""
+    copies = {}
+    for array in arrays:
+        if id(array) not in copies:
+            copies[id(array)] = pinned_copy(array)
+    return [copies[id(array)] for array in arrays]
 
 
 def begin_capture(stream):

@@ -29,10 +29,13 @@ reader can check any figure with nsys itself. Shares of time (GPU idle, copy ove
 measured inside the window. Kernel launches count the API calls that launch one kernel; a CUDA graph
 launch starts many kernels with one call and is counted separately.
 """
+import collections
 import dataclasses
 import re
 import sqlite3
 import subprocess
+
+from common.intervals import clip, intersection, subtract, total_length, union
 
 WINDOW_RANGE = "last 3 batches"
 BATCHES_IN_WINDOW = 3
@@ -53,6 +56,14 @@ KERNEL_LAUNCH_CALLS = {
     "cuLaunchKernel", "cuLaunchKernelEx", "cuLaunchCooperativeKernel",
 }
 GRAPH_LAUNCH_CALLS = {"cudaGraphLaunch", "cuGraphLaunch"}
+# Calls that allocate or free device memory (step 2 removes them from the batch loop).
+ALLOCATION_CALLS = {"cudaMalloc", "cudaFree", "cuMemAlloc", "cuMemFree"}
+# Calls in which the host thread waits for the GPU: not enqueue work, though they sit inside "infer" in steps 1-4.
+BLOCKING_CALLS = {"cudaStreamSynchronize", "cudaEventSynchronize", "cudaDeviceSynchronize", "cudaMemcpy",
+                  "cuStreamSynchronize", "cuEventSynchronize", "cuCtxSynchronize"}
+# The NVTX phases in which a host thread queues GPU work; "output" is processing results on the host.
+ENQUEUE_PHASES = ("h2d", "infer", "d2h")
+LIMIT_BUSY_PCT = 70.0  # a resource busy this much of the run holds the critical path
 
 # `nsys profile -t cublas,cudnn` records every cuBLAS/cuDNN call as an NVTX range in these domains; they
 # describe the library, not the course's phases, so the timelines leave them out.
@@ -79,13 +90,21 @@ class NvtxRange:
     thread: int  # globalTid of the thread that opened it
 
 
+@dataclasses.dataclass(frozen=True)
+class ApiCall:
+    name: str  # base name, such as 'cudaLaunchKernel'
+    thread: int  # globalTid
+    start: int  # ns
+    end: int
+
+
 @dataclasses.dataclass
 class Trace:
     """What the report uses from one trace: everything that overlaps the "last 3 batches" window."""
     window: tuple  # (start, end) in ns
     gpu_ops: list
     ranges: list
-    api_calls: list  # (base name such as 'cudaLaunchKernel', globalTid) of the CUDA API calls
+    api_calls: list  # ApiCall of every CUDA runtime/driver API call
     thread_names: dict  # globalTid -> name
     null_streams: set
     nsys_version: str
@@ -101,6 +120,10 @@ class TraceFigures:
     kernel_launches: float
     graph_launches: float
     copy_overlap_pct: float  # None when the window holds no copies
+    alloc_free_ms: float  # host time in the NVTX phases "alloc" and "free"
+    allocation_calls: float  # cudaMalloc and cudaFree calls
+    busy_pct: dict  # resource -> share of the range it was busy (see busy_shares)
+    limited_by: str  # the resource that holds the critical path, or "synchronization"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -211,13 +234,13 @@ def read_nvtx_ranges(connection, window):
 
 
 def read_api_calls(connection, window):
-    """(base name, thread) of the CUDA runtime/driver API calls that overlap the window, on every thread."""
+    """The CUDA runtime/driver API calls that overlap the window, on every thread."""
     if not columns(connection, "CUPTI_ACTIVITY_KIND_RUNTIME"):
         return []
     rows = connection.execute(
-        "SELECT s.value, r.globalTid FROM CUPTI_ACTIVITY_KIND_RUNTIME AS r JOIN StringIds AS s ON s.id = r.nameId "
-        "WHERE r.start < ? AND r.end > ?", (window[1], window[0]))
-    return [(api_base_name(name), thread) for name, thread in rows]
+        "SELECT s.value, r.globalTid, r.start, r.end FROM CUPTI_ACTIVITY_KIND_RUNTIME AS r "
+        "JOIN StringIds AS s ON s.id = r.nameId WHERE r.start < ? AND r.end > ?", (window[1], window[0]))
+    return [ApiCall(api_base_name(name), thread, start, end) for name, thread, start, end in rows]
 
 
 def api_base_name(name):
@@ -259,43 +282,56 @@ def trace_figures(trace, batches=BATCHES_IN_WINDOW):
     copies = union(clip(op, trace.window) for op in trace.gpu_ops if op.kind in COPY_OPS)
     kernels = union(clip(op, trace.window) for op in trace.gpu_ops if op.kind == "kernel")
     copy_ns = total_length(copies)
+    calls = collections.Counter(call.name for call in trace.api_calls)
+    shares = busy_shares(trace)
     return TraceFigures(
         h2d_ms=per_batch_ms(durations["H2D"]), kernel_ms=per_batch_ms(durations["kernel"]),
         d2h_ms=per_batch_ms(durations["D2H"]),
         gpu_idle_pct=100.0 * (1 - total_length(busy) / window_ns),
-        kernel_launches=sum(name in KERNEL_LAUNCH_CALLS for name, _ in trace.api_calls) / batches,
-        graph_launches=sum(name in GRAPH_LAUNCH_CALLS for name, _ in trace.api_calls) / batches,
-        copy_overlap_pct=100.0 * total_length(intersection(copies, kernels)) / copy_ns if copy_ns else None)
+        kernel_launches=sum(calls[name] for name in KERNEL_LAUNCH_CALLS) / batches,
+        graph_launches=sum(calls[name] for name in GRAPH_LAUNCH_CALLS) / batches,
+        copy_overlap_pct=100.0 * total_length(intersection(copies, kernels)) / copy_ns if copy_ns else None,
+        alloc_free_ms=per_batch_ms(sum(r.end - r.start for r in trace.ranges if r.name in ("alloc", "free"))),
+        allocation_calls=sum(calls[name] for name in ALLOCATION_CALLS) / batches,
+        busy_pct=shares, limited_by=limiting_resource(shares))
 
 
-def clip(op, window):
-    return max(op.start, window[0]), min(op.end, window[1])
+def busy_shares(trace):
+    """How much of the range (%) each resource that can limit a step was busy.
+
+    GPU compute and H2D: the union of the kernels' and of the host-to-device copies' spans. Host enqueue: the
+    union, over the threads, of their time in the phases that queue GPU work ("h2d", "infer", "d2h") less
+    their time blocked in a call that waits for the GPU (a synchronize, a synchronous cudaMemcpy). Host output:
+    the union of the "output" phases. (Python threads share one interpreter, so busy host threads are
+    counted once, not added up.)
+    """
+    window = trace.window
+
+    def share(spans):
+        return 100.0 * total_length(union(clip(span, window) for span in spans)) / (window[1] - window[0])
+
+    enqueue = []
+    for thread in {r.thread for r in trace.ranges}:
+        phases = union(clip(r, window) for r in trace.ranges if r.thread == thread and r.name in ENQUEUE_PHASES)
+        waits = union(clip(c, window) for c in trace.api_calls if c.thread == thread and c.name in BLOCKING_CALLS)
+        enqueue += [Span(start, end) for start, end in subtract(phases, waits)]
+    return {
+        "GPU compute": share(op for op in trace.gpu_ops if op.kind == "kernel"),
+        "H2D": share(op for op in trace.gpu_ops if op.kind == "H2D"),
+        "host enqueue": share(enqueue),
+        "host output": share(r for r in trace.ranges if r.name == "output"),
+    }
 
 
-def union(intervals):
-    """Merge (start, end) intervals into a sorted list of disjoint ones."""
-    merged = []
-    for start, end in sorted(intervals):
-        if merged and start <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end])
-    return [tuple(interval) for interval in merged]
+def limiting_resource(shares):
+    """The busiest resource if it was busy at least LIMIT_BUSY_PCT of the range; else "synchronization": no
+    resource is near full, so the time goes to the phases waiting for one another (the host for the GPU,
+    the GPU for the host)."""
+    resource, busy = max(shares.items(), key=lambda item: item[1])
+    return resource if busy >= LIMIT_BUSY_PCT else "synchronization"
 
 
-def intersection(a, b):
-    """Intersection of two sorted lists of disjoint intervals."""
-    result, i, j = [], 0, 0
-    while i < len(a) and j < len(b):
-        start, end = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
-        if start < end:
-            result.append((start, end))
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
-    return result
-
-
-def total_length(intervals):
-    return sum(end - start for start, end in intervals)
+@dataclasses.dataclass(frozen=True)
+class Span:
+    start: int
+    end: int

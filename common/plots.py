@@ -1,4 +1,5 @@
 """Every picture the course draws, in one style: the ladder, the step timelines, and the figures of steps 10 and 11."""
+import dataclasses
 import re
 
 import matplotlib
@@ -8,7 +9,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
 from matplotlib import ticker  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from common.nsys_trace import RUN_RANGE, WINDOW_RANGE, clip  # noqa: E402
+from common.intervals import clip  # noqa: E402
+from common.nsys_trace import RUN_RANGE, WINDOW_RANGE  # noqa: E402
 
 # Timeline colours: GPU work in strong colours, the NVTX phase doing it in a light tint of the same hue
 # (the hues of common/nvtx.py, so the picture matches what the Nsight Systems GUI shows).
@@ -23,15 +25,32 @@ OTHER_RANGE_COLOR = "#e5e5e5"
 # The ladder chart
 
 
-def plot_ladder(path, labels, ms_per_batch, notes, xlabel, title):
-    """Horizontal bars (step names stay readable) of ms per batch, each with its note (the speedup) beside it."""
-    figure, axes = plt.subplots(figsize=(10, 1.2 + 0.55 * len(labels)), layout="constrained")
-    bars = axes.barh(labels, ms_per_batch, color="#1f5fbf")
+@dataclasses.dataclass(frozen=True)
+class LadderBar:
+    label: str
+    ms: float  # the step's figure: median ms per batch
+    fastest_ms: float  # its windows' range
+    slowest_ms: float
+    note: str  # beside the bar: the speedup, "within noise"
+
+
+def plot_ladder(path, bars, floor, xlabel, title):
+    """Horizontal bars (step names stay readable) of ms per batch, each with its windows' range as an error bar,
+    its note beside it, and the floor (ms, label) as a dashed line with each bar's distance from it."""
+    figure, axes = plt.subplots(figsize=(11, 1.5 + 0.55 * len(bars)), layout="constrained")
+    values = [bar.ms for bar in bars]
+    errors = [[bar.ms - bar.fastest_ms for bar in bars], [bar.slowest_ms - bar.ms for bar in bars]]
+    drawn = axes.barh([bar.label for bar in bars], values, xerr=errors, color="#1f5fbf",
+                      error_kw={"ecolor": "black", "capsize": 3, "linewidth": 1})
     axes.invert_yaxis()  # step 1 on top, as the course reads
-    for bar, value, note in zip(bars, ms_per_batch, notes):
-        label = f"  {value:.2f} ms" + (f", {note}" if note else "")
-        axes.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, label, va="center", fontsize=9)
-    axes.set_xlim(0, max(ms_per_batch) * 1.45)  # room for the labels right of the longest bar
+    for rectangle, bar in zip(drawn, bars):
+        distance = f", {bar.ms / floor[0]:.1f}× floor" if floor else ""
+        axes.text(max(bar.slowest_ms, bar.ms), rectangle.get_y() + rectangle.get_height() / 2,
+                  f"  {bar.ms:.2f} ms{distance}" + (f", {bar.note}" if bar.note else ""), va="center", fontsize=9)
+    if floor:
+        axes.axvline(floor[0], color="#c0392b", linestyle="--", linewidth=1.2, label=floor[1])
+        axes.legend(loc="lower right", fontsize=9)
+    axes.set_xlim(0, max(bar.slowest_ms for bar in bars) * 1.7)  # room for the labels right of the longest bar
     axes.set_xlabel(xlabel)
     axes.set_ylabel("step")
     axes.set_title(title, fontsize=11)

@@ -3,146 +3,177 @@
     python -m common.report [--reports DIR] [--examples DIR] [--nsys PATH]
 
 Reads DIR/<stem>.json (one per step) and, where the step was profiled, DIR/<stem>.nsys-rep; writes
-    DIR/summary.md           one row per step: timings, speedups, output check, and figures from the trace
-    DIR/ladder.png           ms per batch of every step, with its speedup over the baseline
+    DIR/summary.md           one row per step: steady-state timings with their noise, the floor, the output
+                             check, and what the trace shows (per-batch figures, what limits the step)
+    DIR/ladder.png           ms per batch of every step (median, windows' range), its speedup, the floor
     DIR/timeline_<stem>.png  the last three batches of a profiled step: GPU streams and host threads
 If DIR holds no step results (a fresh clone, a machine without a GPU), it reports the committed example
 results in results/h100-torch/ instead, says so, and still writes to DIR.
-
-Trace reading lives in common/nsys_trace.py and the pictures in common/plots.py; this module reads the step
-results, writes the summary and is the command line.
+The results are read by common/ladder.py, the traces by common/nsys_trace.py, and drawn by common/plots.py;
+this module writes the summary and is the command line.
 """
 import argparse
-import json
-import re
 import shutil
 from pathlib import Path
 
-from common import cli, nsys_trace, plots
+from common import cli, ladder as steps, nsys_trace, plots, stats
 from common.errors import CourseError
-from common.nsys_trace import BATCHES_IN_WINDOW, RUN_RANGE, WINDOW_RANGE
+from common.nsys_trace import RUN_RANGE, WINDOW_RANGE
 
 DEFAULT_REPORTS = Path("reports")
 DEFAULT_EXAMPLES = Path("results/h100-torch")
 
 # ---------------------------------------------------------------------------------------------------
-# Step results (the JSONs)
+# The summary
 
 
-def load_results(directory):
-    """The step JSONs in a directory, in step order, and one note per file that could not be used."""
-    results, notes = [], []
-    for path in sorted(directory.glob("*.json")):
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            notes.append(f"{path}: not read ({error})")
-            continue
-        if not isinstance(result, dict):
-            notes.append(f"{path}: not a step result (expected a JSON object)")
-            continue
-        result.setdefault("stem", path.stem)
-        results.append(result)
-    results.sort(key=lambda result: (step_number(result), result["stem"]))
-    return results, notes
-
-
-def step_number(result):
-    """The step number: the JSON's "step", else the digits its stem starts with."""
-    if isinstance(result.get("step"), int):
-        return result["step"]
-    digits = re.match(r"\d+", str(result.get("stem", "")))
-    return int(digits.group()) if digits else 1_000_000
-
-
-def is_ladder_step(result):
-    """Steps with a timed window; other results (a batch-size sweep, say) are not rungs of the ladder."""
-    return isinstance(result.get("last3_ms"), (int, float)) and result["last3_ms"] > 0
-
-
-def images_per_second(result):
-    if isinstance(result.get("images_per_s"), (int, float)):
-        return result["images_per_s"]
-    batch_size = result.get("batch_size")
-    if isinstance(batch_size, int):
-        return BATCHES_IN_WINDOW * batch_size / result["last3_ms"] * 1e3
-    return None
-
-
-def speedups(ladder):
-    """Speedup of every step over the baseline (step 1) and over the step before it, from throughput.
-
-    Throughput (images/s) rather than ms per batch, so steps with different batch sizes still compare.
-    Returns a list of (over_baseline, over_previous); None where there is nothing to compare with.
-    """
-    baseline = next((images_per_second(r) for r in ladder if step_number(r) == 1), None)
-    pairs, previous = [], None
-    for result in ladder:
-        throughput = images_per_second(result)
-        over_baseline = throughput / baseline if throughput and baseline else None
-        over_previous = throughput / previous if throughput and previous else None
-        pairs.append((over_baseline, over_previous))
-        previous = throughput
-    return pairs
-
-
-# ---------------------------------------------------------------------------------------------------
-# The summary table
-
-
-def write_summary(path, ladder, traces, figures, notes, source_line):
-    """reports/summary.md: what the runs were, one row per step, then the trace figures and notes."""
+def write_summary(path, ladder, beyond, figures, nsys_versions, notes, source_line):
+    """reports/summary.md: what the runs were, the timings with their noise, the floor, the traces, the notes."""
     lines = ["# Results of the inference ladder", ""]
-    if any(result.get("backend") == "torch" for result in ladder):
+    if any(result.get("backend") == "torch" for result in ladder + beyond):
         lines += ["> **PyTorch stand-in backend: not TensorRT numbers.** These runs used the course's PyTorch",
                   "> engine behind TensorRT's interface (no TensorRT on that machine). The host-side lessons hold;",
                   "> the kernel times are PyTorch's, not TensorRT's.", ""]
     lines += describe_runs(ladder, source_line)
-    lines += ["", "## Timings (host clock, from the step results)", "",
-              "| step | what changed | last 3 batches (ms) | ms per batch | images/s | × baseline | × previous "
-              "| output check |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
-    for result, (over_baseline, over_previous) in zip(ladder, speedups(ladder)):
-        throughput = images_per_second(result)
-        lines.append(
-            f"| {step_label(result)} | {cell(result.get('lesson', ''))} | {result['last3_ms']:.2f} "
-            f"| {result['last3_ms'] / BATCHES_IN_WINDOW:.2f} | {f'{throughput:,.0f}' if throughput else '–'} "
-            f"| {times(over_baseline)} | {times(over_previous)} | {cell(check_text(result.get('check')))} |")
-    ranges = sorted({range_name for _, range_name in figures.values()}) or [RUN_RANGE]
-    lines += ["", f"## From the Nsight Systems traces (per batch, over the NVTX range \"{'/'.join(ranges)}\")", "",
-              "H2D, kernel and D2H: summed GPU time of the operations that overlap the range, divided by its "
-              "number of batches. GPU idle: share of the range with no kernel, copy or memset running. Launches: "
-              "API calls per batch. Overlap: share of the copy time during which a kernel also ran.", "",
-              "| step | H2D (ms) | kernels (ms) | D2H (ms) | GPU idle (%) | kernel launches | graph launches "
-              "| copy overlapped with compute (%) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for result in ladder:
-        lines.append(figures_row(result, figures.get(result["stem"], (None, None))[0]))
-    versions = sorted({trace.nsys_version for trace in traces.values()})
-    if versions:
-        lines += ["", f"Traces exported by Nsight Systems {', '.join(versions)}."]
+    lines += timings_table(ladder, steps.speedups(ladder))
+    lines += floor_table(ladder + beyond, figures)
+    if figures:
+        lines += trace_tables(ladder + beyond, figures, nsys_versions)
+        lines += step_2_in_the_trace(ladder, figures)
+    if beyond:
+        lines += beyond_the_ladder(beyond, ladder, figures)
     if notes:
         lines += ["", "## What could not be read", ""] + [f"- {note}" for note in notes]
     lines += ["", "## Commands", ""]
     lines += [f"- {step_label(r)}: `{r.get('command', 'command unknown')}` ({r.get('date', 'date unknown')})"
-              for r in ladder]
+              for r in ladder + beyond]
     path.write_text("\n".join(lines) + "\n")
 
 
 def describe_runs(ladder, source_line):
-    """The lines above the table: where the numbers come from."""
-    def distinct(key):
+    """The lines above the tables: where the numbers come from."""
+    def distinct(key, default="unknown"):
         values = sorted({str(result[key]) for result in ladder if result.get(key) is not None})
-        return "; ".join(values) if values else "unknown"
+        return "; ".join(values) if values else default
 
     dates = sorted({str(result["date"]) for result in ladder if result.get("date")})
     taken = " to ".join(dict.fromkeys([dates[0], dates[-1]])) if dates else "unknown"
+    nsys = profiling_note(ladder)
     return [f"- Device: {distinct('device')}",
             f"- Backend: {distinct('backend_label')}",
-            f"- Workload: {distinct('batches')} batches of {distinct('batch_size')} images; the timed window is "
-            f"the time to produce the last {BATCHES_IN_WINDOW} results",
-            f"- Taken: {taken} (commands at the end){profiling_note(ladder)}: tracing adds to every CUDA "
-            "call's host time, so launch-bound steps look slower than in `make run-all`" if profiling_note(ladder)
-            else f"- Taken: {taken} (commands at the end)",
-            f"- Source: {source_line}"]
+            f"- Workload: {distinct('repeats', '1')} timed window(s) of {distinct('batches')} batches of "
+            f"{distinct('batch_size')} images, back to back after a warm-up. A window's figure is the time to produce "
+            "its results after its first, per result (the steady state, without the pipeline's filling); a step's "
+            "figure is the median over its windows",
+            f"- Taken: {taken} (commands at the end){nsys}: tracing adds to every CUDA call's host time, so "
+            "launch-bound steps look slower than in `make run-all`" if nsys else f"- Taken: {taken} (commands at the end)",
+            f"- Source: {source_line}. Absolute times move between runs and machines: compare steps of one session"]
+
+
+def timings_table(ladder, speedups):
+    lines = ["", "## Steady-state timings (host clock, from the step results)", "",
+             f"ms per batch: the median over the windows; range: the slowest and fastest window; spread: their "
+             f"difference over the median (above {stats.SPREAD_WARNING_PCT:g}% the run was not steady, marked ⚠). A "
+             "step whose windows overlap the previous step's is **within noise** of it: neither a gain nor a loss. "
+             "Speedups are ratios of images/s. Batch latency: from a batch's start to its result processed.", "",
+             "| step | what changed | ms per batch | range (ms) | spread (%) | images/s | × baseline | vs previous "
+             "| batch latency p50 / p99 (ms) | output check |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
+    for result, (over_baseline, over_previous) in zip(ladder, speedups):
+        spans = steps.windows(result)
+        spread = (f"{stats.spread_pct(spans):.1f}" + (" ⚠" if stats.is_noisy(spans) else "")) if len(spans) > 1 else "–"
+        latency = (f"{result['latency_p50_ms']:.2f} / {result['latency_p99_ms']:.2f}"
+                   if "latency_p50_ms" in result else "–")
+        lines.append(
+            f"| {step_label(result)} | {cell(result.get('lesson', ''))} | {steps.ms_per_batch(result):.2f} "
+            f"| {min(spans):.2f}–{max(spans):.2f} | {spread} | {count_text(steps.images_per_second(result))} "
+            f"| {times(over_baseline[1]) if over_baseline else '–'} | {comparison_text(over_previous)} | {latency} "
+            f"| {cell(check_text(result.get('check')))} |")
+    return lines
+
+
+def floor_table(results, figures):
+    measured = [r for r in results if steps.floor_ms(r)]
+    if not measured:
+        return []
+    lines = ["", "## How far from the floor, and what limits each step", "",
+             "The floor: the larger of one batch's H2D copy from pinned memory and its inference, each alone on the "
+             "GPU (CUDA events, after the step's timed run, on the step's own engine). No pipeline produces batches "
+             "faster. Output processing: the host time of the step's post-processing of one batch (softmax and "
+             "top-5 of every image). Limited by: from the trace (below), for profiled steps.", "",
+             "| step | H2D alone (ms) | inference alone (ms) | floor (ms) | × floor | output processing (ms per batch) "
+             "| limited by |", "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for result in measured:
+        floor = result["floor"]
+        limit = figures[result["stem"]][0].limited_by if result["stem"] in figures else "– (not profiled)"
+        output = f"{result['output_ms_per_batch']:.2f}" if "output_ms_per_batch" in result else "–"
+        lines.append(f"| {step_label(result)} | {floor['h2d_ms']:.2f} | {floor['inference_ms']:.2f} "
+                     f"| {steps.floor_ms(result):.2f} | {steps.ms_per_batch(result) / steps.floor_ms(result):.2f}× "
+                     f"| {output} | {limit} |")
+    return lines
+
+
+def trace_tables(results, figures, nsys_versions):
+    ranges = sorted({range_name for _, range_name in figures.values()})
+    lines = ["", f"## From the Nsight Systems traces (per batch, over the NVTX range \"{'/'.join(ranges)}\")", "",
+             "H2D, kernel and D2H: summed GPU time of the operations that overlap the range, divided by its number "
+             "of batches. GPU idle: share of the range with no kernel, copy or memset running. Launches: API calls "
+             "per batch. Overlap: share of the copy time during which a kernel also ran. Alloc + free: host time in "
+             "the NVTX phases \"alloc\" and \"free\"; allocations: cudaMalloc and cudaFree calls.", "",
+             "| step | H2D (ms) | kernels (ms) | D2H (ms) | GPU idle (%) | kernel launches | graph launches "
+             "| copy overlapped with compute (%) | alloc + free (ms) | allocations |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [figures_row(result, figures[result["stem"]][0]) for result in results if result["stem"] in figures]
+    lines += ["", "### What limits each step", "",
+              "Busy shares of the range: GPU compute and H2D, the time a kernel or a host-to-device copy ran; host "
+              "enqueue, the time a host thread spent queuing GPU work (the phases h2d, infer and d2h, less the time "
+              "blocked in a synchronize or a synchronous copy); host output, the time in the phase output. A resource "
+              f"busy at least {nsys_trace.LIMIT_BUSY_PCT:g}% of the range holds the critical path and limits the "
+              "step; where none is, the step is limited by **synchronization**: its phases wait for one another (the "
+              "host for the GPU, the GPU for the host), which is what the next lessons remove.", "",
+              "| step | GPU compute (%) | H2D (%) | host enqueue (%) | host output (%) | limited by |",
+              "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for result in results:
+        if result["stem"] in figures:
+            f = figures[result["stem"]][0]
+            shares = " | ".join(f"{f.busy_pct[resource]:.1f}" for resource in ("GPU compute", "H2D", "host enqueue",
+                                                                                "host output"))
+            lines.append(f"| {step_label(result)} | {shares} | {f.limited_by} |")
+    lines += ["", f"Traces exported by Nsight Systems {', '.join(nsys_versions)}."]
+    return lines
+
+
+def step_2_in_the_trace(ladder, figures):
+    """Step 2's saving is smaller than the noise of pageable copies: show it from the trace."""
+    first, second = (next((r for r in ladder if steps.step_number(r) == n and r["stem"] in figures), None)
+                     for n in (1, 2))
+    if not (first and second):
+        return []
+    verdict, _ = steps.compare(second, first)
+    before, after = figures[first["stem"]][0], figures[second["stem"]][0]
+    return ["", "### Step 2 in the trace", "",
+            f"Wall clock: {steps.ms_per_batch(first):.2f} ms per batch in step 1, {steps.ms_per_batch(second):.2f} in "
+            f"step 2: {verdict}. The trace shows what reusing buffers removed: {before.alloc_free_ms:.3f} ms per batch "
+            f"in \"alloc\" and \"free\" and {count(before.allocation_calls)} cudaMalloc/cudaFree calls per batch in "
+            f"step 1, {after.alloc_free_ms:.3f} ms and {count(after.allocation_calls)} in step 2."]
+
+
+def beyond_the_ladder(beyond, ladder, figures):
+    lines = ["", "## Beyond the ladder (same workload, compared with the rung it builds on)", "",
+             "| step | what changed | ms per batch | range (ms) | images/s | vs its rung | H2D per batch (ms, trace) "
+             "| limited by | output check |", "| --- | --- | ---: | ---: | ---: | --- | ---: | --- | --- |"]
+    for result in beyond:
+        rung_number = steps.BEYOND_THE_LADDER[steps.step_number(result)]
+        rung = next((r for r in ladder if steps.step_number(r) == rung_number), None)
+        versus = f"{comparison_text(steps.compare(result, rung))} step {rung_number}" if rung else "–"
+        spans = steps.windows(result)
+        trace = figures.get(result["stem"], (None,))[0]
+        lines.append(
+            f"| {step_label(result)} | {cell(result.get('lesson', ''))} | {steps.ms_per_batch(result):.2f} "
+            f"| {min(spans):.2f}–{max(spans):.2f} | {count_text(steps.images_per_second(result))} | {versus} "
+            f"| {f'{trace.h2d_ms:.3f}' if trace else '–'} | {trace.limited_by if trace else '–'} "
+            f"| {cell(check_text(result.get('check')))} |")
+    return lines
 
 
 def step_label(result):
@@ -158,6 +189,20 @@ def times(factor):
     return f"{factor:.2f}×" if factor else "–"
 
 
+def count_text(value):
+    return f"{value:,.0f}" if value else "–"
+
+
+def comparison_text(comparison):
+    """'1.93× faster', '0.95× slower', 'within noise (1.02×)', 'other workload (0.61×)' or '–'."""
+    if comparison is None:
+        return "–"
+    verdict, factor = comparison
+    if verdict in ("faster", "slower"):
+        return f"{factor:.2f}× {verdict}"
+    return f"{verdict} ({factor:.2f}×)"
+
+
 def check_text(check):
     if not isinstance(check, dict) or "passed" not in check:
         return "not checked"
@@ -166,11 +211,10 @@ def check_text(check):
 
 
 def figures_row(result, f):
-    if f is None:
-        return f"| {step_label(result)} | – | – | – | – | – | – | – |"
     overlap = f"{f.copy_overlap_pct:.1f}" if f.copy_overlap_pct is not None else "no copies"
     return (f"| {step_label(result)} | {f.h2d_ms:.3f} | {f.kernel_ms:.3f} | {f.d2h_ms:.3f} | {f.gpu_idle_pct:.1f} "
-            f"| {count(f.kernel_launches)} | {count(f.graph_launches)} | {overlap} |")
+            f"| {count(f.kernel_launches)} | {count(f.graph_launches)} | {overlap} | {f.alloc_free_ms:.3f} "
+            f"| {count(f.allocation_calls)} |")
 
 
 def count(per_batch):
@@ -182,10 +226,23 @@ def count(per_batch):
 
 
 def draw_ladder(path, ladder):
-    """The ladder chart: ms per batch of every step, labelled with its speedup over the baseline."""
-    notes = [f"{times(over_baseline)} baseline images/s" if over_baseline else "" for over_baseline, _ in speedups(ladder)]
-    plots.plot_ladder(path, [step_label(r) for r in ladder], [r["last3_ms"] / BATCHES_IN_WINDOW for r in ladder], notes,
-                      f"time per batch (ms), mean of the last {BATCHES_IN_WINDOW} batches; shorter is faster",
+    """The ladder chart: every step's median ms per batch with its windows' range, its speedup, and the floor."""
+    bars = []
+    for result, (over_baseline, over_previous) in zip(ladder, steps.speedups(ladder)):
+        spans = steps.windows(result)
+        note = [f"{times(over_baseline[1])} baseline images/s" if over_baseline else ""]
+        if over_previous and over_previous[0] == "within noise":
+            note.append("within noise of the previous step")
+        bars.append(plots.LadderBar(step_label(result), steps.ms_per_batch(result), min(spans), max(spans),
+                                    ", ".join(filter(None, note))))
+    floors = [(steps.floor_ms(r), r) for r in ladder if steps.floor_ms(r)]
+    floor = None
+    if floors:
+        floor_ms, result = min(floors, key=lambda pair: pair[0])
+        floor = (floor_ms, f"floor {floor_ms:.2f} ms: max(H2D {result['floor']['h2d_ms']:.2f}, inference "
+                           f"{result['floor']['inference_ms']:.2f}) alone, {step_label(result)}'s engine")
+    plots.plot_ladder(path, bars, floor, "time per batch (ms): median over the timed windows, bars from the fastest "
+                                         "to the slowest window; shorter is faster",
                       f"Inference ladder\n{ladder_subtitle(ladder)}")
 
 
@@ -229,34 +286,47 @@ def build_report(source, output, nsys, source_line):
 
     Returns the notes (one line per thing that could not be read) and the number of timelines drawn.
     """
-    results, notes = load_results(source)
-    ladder = [result for result in results if is_ladder_step(result)]
+    results, notes = steps.load_results(source)
+    ladder = [result for result in results if steps.is_ladder_step(result)]
+    beyond = [result for result in results if steps.has_timed_window(result) and not steps.is_ladder_step(result)]
     notes += [f"{r['stem']}: not a ladder step (kind {r.get('kind', 'unknown')!r}), not in the table"
-              for r in results if not is_ladder_step(r)]
+              for r in results if not steps.has_timed_window(r)]
     if not ladder:
         raise CourseError(f"no step result in {source}/ has a timed window (\"last3_ms\")")
     output.mkdir(parents=True, exist_ok=True)
-    traces, figures = {}, {}
-    for result in ladder:
-        try:
-            database = nsys_trace.sqlite_for(source, result["stem"], nsys)
-            traces[result["stem"]] = nsys_trace.read_trace(database)
-            figures[result["stem"]] = run_figures(database, result, traces[result["stem"]])
-        except nsys_trace.TraceUnavailable as reason:
-            notes.append(f"{result['stem']}: no trace figures: {reason}")
-    write_summary(output / "summary.md", ladder, traces, figures, notes, source_line)
+    traces, figures, trace_notes = read_traces(source, ladder + beyond, nsys)
+    notes += trace_notes
+    write_summary(output / "summary.md", ladder, beyond, figures,
+                  sorted({trace.nsys_version for trace in traces.values()}), notes, source_line)
     draw_ladder(output / "ladder.png", ladder)
-    for result in ladder:
+    for result in ladder + beyond:
         if result["stem"] in traces:
             title = f"{result['stem']}: {result.get('lesson', '')}"
             plots.plot_timeline(output / f"timeline_{result['stem']}.png", traces[result["stem"]], title)
     return notes, len(traces)
 
 
+def read_traces(source, results, nsys):
+    """Each profiled step's timeline trace and figures, and a note per trace that could not be read: one note
+    for all when no step was profiled."""
+    traces, figures, notes = {}, {}, []
+    for result in results:
+        try:
+            database = nsys_trace.sqlite_for(source, result["stem"], nsys)
+            traces[result["stem"]] = nsys_trace.read_trace(database)
+            figures[result["stem"]] = run_figures(database, result, traces[result["stem"]])
+        except nsys_trace.TraceUnavailable as reason:
+            notes.append(f"{result['stem']}: no trace figures: {reason}")
+    if not figures and not any(source.glob("*.nsys-rep")) and not any(source.glob("*.sqlite")):
+        notes = [f"no step was profiled (no .nsys-rep in {source}/): `make profile-all` adds the trace figures"]
+    return traces, figures, notes
+
+
 def run_figures(database, result, window_trace):
     """Per-batch figures over the "all batches" range; over the last-3 window for traces made before it existed."""
+    batches = result["batches"] * result.get("repeats", 1)
     try:
-        return nsys_trace.trace_figures(nsys_trace.read_trace(database, RUN_RANGE), result["batches"]), RUN_RANGE
+        return nsys_trace.trace_figures(nsys_trace.read_trace(database, RUN_RANGE), batches), RUN_RANGE
     except nsys_trace.TraceUnavailable:
         return nsys_trace.trace_figures(window_trace), WINDOW_RANGE
 

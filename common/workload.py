@@ -11,14 +11,15 @@ class Workload:
     output: engines.TensorSpec
     loaded: engines.LoadedEngine
     device: tuple  # (GPU name, compute capability)
-    batches: list
-    reference: list
+    batches: list  # the timed run: --repeats passes over the same --batches batches (the same arrays, not copies)
+    reference: list  # the fp32 PyTorch logits of each of them
 
 
 def prepare(args, engine_name, precision, batches=None, profile=0):
     """Everything a step needs, checked, so that its main() holds only its lesson.
 
-    `batches` overrides the default workload (args.batches batches of args.batch_size images). `profile`
+    `batches` overrides the default workload (args.batches batches of args.batch_size images); the run
+    repeats them args.repeats times (one timed window each, see results.Timer). `profile`
     is the optimization profile the step's contexts use (a new context starts on profile 0); None for a
     step that picks a profile per batch.
     """
@@ -31,4 +32,5 @@ def prepare(args, engine_name, precision, batches=None, profile=0):
     for images in batches:  # fail early, with one line, on a batch the step's profile cannot take
         loaded.check_batch(len(images), profile)
     reference = data.reference_logits(build.WEIGHTS_PATH, batches, build.ENGINE_DIR / "cache")
-    return Workload(loaded.engine, loaded.input, loaded.output, loaded, device, batches, reference)
+    return Workload(loaded.engine, loaded.input, loaded.output, loaded, device, batches * args.repeats,
+                    reference * args.repeats)

@@ -125,15 +125,3 @@ def test_steps_on_profile_0_refuse_a_batch_only_profile_1_takes():
     loaded.check_batch(128, profile=None)  # a step that routes batches by profile
     with pytest.raises(CourseError, match="batch size 128 is outside optimization profile 0"):
         loaded.check_batch(128, profile=0)
-
-
-def test_timer_counts_the_batches_whose_results_fill_the_window():
-    """With two pipelines, the last three results need not be the last three batches of the list."""
-    from common import results
-    timer = results.Timer(batches=5)
-    for index in range(5):
-        timer.start_batch(index)
-    for index in (1, 3, 0, 4, 2):  # a small-batch pipeline finishes batches 1 and 3 first
-        timer.batch_done(index)
-    assert timer.timed_batches == [0, 4, 2]
-    assert 0 < timer.last3_ms <= timer.total_ms

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from common import nsys_trace, plots, report
+from common import ladder, nsys_trace, plots, report, stats
 from tools import trim_nsys_sqlite
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,7 +176,7 @@ def test_trace_figures_match_nsys_stats(database):
     # counts only the API calls of the opening thread; the report counts every thread's. Compare there.
     opener = sqlite3.connect(database).execute(
         "SELECT globalTid FROM NVTX_EVENTS WHERE start = ? AND end = ?", trace.window).fetchone()[0]
-    launches = [name for name, thread in trace.api_calls if thread == opener]
+    launches = [call.name for call in trace.api_calls if call.thread == opener]
 
     assert figures.kernel_ms * 3e6 == pytest.approx(sum(int(row["Total Time (ns)"]) for row in kernels), rel=1e-12)
     assert figures.h2d_ms * 3e6 == pytest.approx(copies.get("[CUDA memcpy Host-to-Device]", 0), rel=1e-12)
@@ -277,6 +277,74 @@ def test_figures_of_an_old_layout_export_worked_out_by_hand(tmp_path):
     assert trace.thread_names == {} and trace.null_streams == set() and trace.nsys_version == "unknown"
 
 
+def make_phases_export(path, kernel_ms):
+    """A 100 ms window on two threads, with the course's NVTX phases, a wait inside "infer", and allocations."""
+    db = sqlite3.connect(path)
+    make_old_layout_export(path, with_window=False)
+    main, worker = (4242 << 24) + 4242, (4242 << 24) + 4243
+    db.execute("DELETE FROM NVTX_EVENTS")
+    db.execute("DELETE FROM CUPTI_ACTIVITY_KIND_KERNEL")
+    db.execute("DELETE FROM CUPTI_ACTIVITY_KIND_MEMCPY")
+    db.execute("DELETE FROM CUPTI_ACTIVITY_KIND_RUNTIME")
+    db.executemany("INSERT INTO StringIds VALUES (?, ?)", [
+        (10, "cudaStreamSynchronize_v3020"), (11, "cudaMalloc_v3020"), (12, "cudaFree_v3020")])
+    db.executemany("INSERT INTO NVTX_EVENTS (start, end, eventType, text, globalTid) VALUES (?, ?, ?, ?, ?)", [
+        (0, 100 * MS, 60, "last 3 batches", main),
+        (0, 30 * MS, 59, "infer", main),  # 10..25 of it waits in a synchronize: 15 ms of enqueue
+        (40 * MS, 50 * MS, 59, "h2d", main), (50 * MS, 52 * MS, 59, "alloc", main), (52 * MS, 53 * MS, 59, "free", main),
+        (20 * MS, 60 * MS, 59, "output", worker), (55 * MS, 65 * MS, 59, "infer", worker)])
+    db.executemany("INSERT INTO CUPTI_ACTIVITY_KIND_RUNTIME (start, end, globalTid, nameId) VALUES (?, ?, ?, ?)", [
+        (10 * MS, 25 * MS, main, 10), (50 * MS, 51 * MS, main, 11), (51 * MS, 52 * MS, main, 11),
+        (52 * MS, 53 * MS, main, 12)])
+    db.execute("INSERT INTO CUPTI_ACTIVITY_KIND_KERNEL (start, end, streamId) VALUES (0, ?, 2)", (kernel_ms * MS,))
+    db.execute("INSERT INTO CUPTI_ACTIVITY_KIND_MEMCPY (start, end, streamId, copyKind) VALUES (?, ?, 1, 1)",
+               (40 * MS, 50 * MS))
+    db.commit()
+    db.close()
+    return path
+
+
+@pytest.mark.parametrize("kernel_ms, limited_by", [(80, "GPU compute"), (50, "synchronization")])
+def test_busy_shares_and_the_limit_worked_out_by_hand(tmp_path, kernel_ms, limited_by):
+    figures = nsys_trace.trace_figures(nsys_trace.read_trace(make_phases_export(tmp_path / "p.sqlite", kernel_ms)))
+    # Enqueue: main 0..10, 25..30 and 40..50 (h2d), worker 55..65: 35 of 100 ms. Output: 20..60.
+    assert figures.busy_pct == pytest.approx({"GPU compute": kernel_ms, "H2D": 10, "host enqueue": 35,
+                                              "host output": 40})
+    assert figures.limited_by == limited_by
+    assert figures.alloc_free_ms == pytest.approx(3 / 3)  # alloc 2 ms + free 1 ms, over 3 batches
+    assert figures.allocation_calls == 1  # two cudaMalloc and one cudaFree, over 3 batches
+
+
+def sweep_busy_pct(spans, window):
+    """Share of the window covered by at least one span, by sweeping start/end events."""
+    events = sorted([(max(start, window[0]), 1) for start, end in spans if end > window[0] and start < window[1]]
+                    + [(min(end, window[1]), -1) for start, end in spans if end > window[0] and start < window[1]])
+    covered, active, previous = 0, 0, window[0]
+    for time, change in events:
+        covered += (time - previous) if active else 0
+        active += change
+        previous = time
+    return 100 * covered / (window[1] - window[0])
+
+
+@pytest.mark.parametrize("database", sorted(COURSE_FIXTURES.glob("*.sqlite")), ids=fixture_id)
+def test_gpu_busy_shares_match_a_sweep_on_real_traces(database):
+    trace = nsys_trace.read_trace(database, nsys_trace.RUN_RANGE)
+    figures = nsys_trace.trace_figures(trace)
+    db = sqlite3.connect(database)
+    window = independent_window(db, "all batches")
+    kernels = db.execute("SELECT start, end FROM CUPTI_ACTIVITY_KIND_KERNEL").fetchall()
+    h2d = db.execute("SELECT m.start, m.end FROM CUPTI_ACTIVITY_KIND_MEMCPY AS m JOIN ENUM_CUDA_MEMCPY_OPER AS o "
+                     "ON o.id = m.copyKind WHERE o.label = 'Host-to-Device'").fetchall()
+    assert figures.busy_pct["GPU compute"] == pytest.approx(sweep_busy_pct(kernels, window), abs=1e-9)
+    assert figures.busy_pct["H2D"] == pytest.approx(sweep_busy_pct(h2d, window), abs=1e-9)
+
+
+def test_the_baseline_is_limited_by_synchronization_and_the_graph_step_by_the_gpu():
+    assert course_figures("1_*").limited_by == "synchronization"
+    assert course_figures("7_*").limited_by == "GPU compute"
+
+
 def test_timeline_of_an_old_layout_export_is_drawn(tmp_path):
     trace = nsys_trace.read_trace(make_old_layout_export(tmp_path / "old.sqlite"))
     plots.plot_timeline(tmp_path / "timeline.png", trace, "old layout")
@@ -339,15 +407,16 @@ def no_nsys(monkeypatch, tmp_path):
 def test_speedups_over_baseline_and_previous_step(tmp_path):
     for step, ms in ((1, 30.0), (2, 15.0), (3, 10.0)):
         write_result(tmp_path, step, f"{step}_step", ms)
-    ladder, _ = report.load_results(tmp_path)
-    assert report.speedups(ladder) == [(1.0, None), (2.0, 2.0), (pytest.approx(3.0), pytest.approx(1.5))]
+    results, _ = ladder.load_results(tmp_path)
+    assert ladder.speedups(results) == [(("within noise", 1.0), None), (("faster", 2.0), ("faster", 2.0)),
+                                        (("faster", pytest.approx(3.0)), ("faster", pytest.approx(1.5)))]
 
 
 def test_speedups_compare_throughput_when_batch_sizes_differ(tmp_path):
     write_result(tmp_path, 1, "1_step", 30.0, batch_size=128, images_per_s=None)
     write_result(tmp_path, 2, "2_step", 30.0, batch_size=256, images_per_s=None)  # twice the images, same time
-    ladder, _ = report.load_results(tmp_path)
-    assert report.speedups(ladder) == [(1.0, None), (2.0, 2.0)]
+    results, _ = ladder.load_results(tmp_path)
+    assert ladder.speedups(results)[1] == (("other workload", 2.0), ("other workload", 2.0))
 
 
 def test_summary_rows_from_json_only(tmp_path, no_nsys, capsys):
@@ -357,10 +426,27 @@ def test_summary_rows_from_json_only(tmp_path, no_nsys, capsys):
     report.main(["--reports", str(tmp_path)])
     rows = table_rows((tmp_path / "summary.md").read_text(), "| step | what changed")
     assert [row[0] for row in rows] == ["1_step", "2_step", "3_step"]
-    assert [row[2:7] for row in rows] == [["30.00", "10.00", "12,800", "1.00×", "–"],
-                                         ["15.00", "5.00", "25,600", "2.00×", "2.00×"],
-                                         ["10.00", "3.33", "38,400", "3.00×", "1.50×"]]
-    assert rows[2][7] == "**FAIL**: top-1 agreement 12.0%"
+    assert [row[2:8] for row in rows] == [["10.00", "10.00–10.00", "–", "12,800", "1.00×", "–"],
+                                         ["5.00", "5.00–5.00", "–", "25,600", "2.00×", "2.00× faster"],
+                                         ["3.33", "3.33–3.33", "–", "38,400", "3.00×", "1.50× faster"]]
+    assert rows[2][9] == "**FAIL**: top-1 agreement 12.0%"
+
+
+def test_summary_ranks_by_the_median_and_marks_noise(tmp_path, no_nsys):
+    write_result(tmp_path, 1, "1_step", 63.0, windows_ms_per_batch=[20.0, 21.0, 25.0], latency_p50_ms=20.5,
+                 latency_p99_ms=30.25)
+    write_result(tmp_path, 2, "2_step", 60.0, windows_ms_per_batch=[19.0, 20.0, 20.5])
+    write_result(tmp_path, 3, "3_step", 30.0, windows_ms_per_batch=[10.0, 10.1, 10.2])
+    for stem in ("2_step", "3_step"):
+        result = json.loads((tmp_path / f"{stem}.json").read_text())
+        result["images_per_s"] = 128 / stats.median(result["windows_ms_per_batch"]) * 1e3
+        (tmp_path / f"{stem}.json").write_text(json.dumps(result))
+    report.main(["--reports", str(tmp_path)])
+    rows = table_rows((tmp_path / "summary.md").read_text(), "| step | what changed")
+    assert [row[2:5] for row in rows] == [["21.00", "20.00–25.00", "23.8 ⚠"], ["20.00", "19.00–20.50", "7.5"],
+                                         ["10.10", "10.00–10.20", "2.0"]]
+    assert rows[1][7] == "within noise (1.05×)" and rows[2][7] == "1.98× faster"
+    assert rows[0][8] == "20.50 / 30.25" and rows[1][8] == "–"
 
 
 def test_without_nsys_every_step_says_what_could_not_be_read(tmp_path, no_nsys, capsys):
@@ -377,8 +463,19 @@ def test_without_nsys_every_step_says_what_could_not_be_read(tmp_path, no_nsys, 
         "(profile the step with `make profile-all` for trace figures)"]
     summary = (tmp_path / "summary.md").read_text()
     assert "nsys is not on PATH" in summary and "make profile-all" in summary
-    assert table_rows(summary, "| step | H2D")[0] == ["1_baseline"] + ["–"] * 7
+    assert "| step | H2D" not in summary  # no table of dashes
     assert (tmp_path / "ladder.png").exists() and not list(tmp_path.glob("timeline_*.png"))
+
+
+def test_a_run_without_nsys_says_so_once_and_has_no_trace_table(tmp_path, no_nsys, capsys):
+    for step in range(1, 4):
+        write_result(tmp_path, step, f"{step}_step", 30.0 / step)
+    report.main(["--reports", str(tmp_path)])
+    notes = [line for line in capsys.readouterr().out.splitlines() if "profil" in line]
+    assert notes == [f"report: no step was profiled (no .nsys-rep in {tmp_path}/): `make profile-all` adds the "
+                     "trace figures"]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| step | H2D" not in summary and "| step | GPU compute" not in summary
 
 
 def test_stand_in_backend_is_flagged(tmp_path, no_nsys):
@@ -409,7 +506,11 @@ def test_report_on_probe_traces_fills_every_column(tmp_path, no_nsys):
     assert all("–" not in row for row in rows)
     graph = nsys_trace.trace_figures(nsys_trace.read_trace(PROBE_FIXTURES / "graph.sqlite"))
     assert rows[2] == ["7_cuda_graph", f"{graph.h2d_ms:.3f}", f"{graph.kernel_ms:.3f}", f"{graph.d2h_ms:.3f}",
-                       f"{graph.gpu_idle_pct:.1f}", "0", "1", f"{graph.copy_overlap_pct:.1f}"]
+                       f"{graph.gpu_idle_pct:.1f}", "0", "1", f"{graph.copy_overlap_pct:.1f}",
+                       f"{graph.alloc_free_ms:.3f}", "0"]
+    limits = table_rows(summary, "| step | GPU compute")
+    assert [row[-1] for row in limits] == [nsys_trace.trace_figures(nsys_trace.read_trace(
+        PROBE_FIXTURES / f"{name}.sqlite")).limited_by for name in PROBE_STEPS]
     assert "Traces exported by Nsight Systems 2025.3" in summary
     for stem in ("1_baseline", "5_multi_streams", "7_cuda_graph"):
         assert (tmp_path / f"timeline_{stem}.png").read_bytes()[:4] == b"\x89PNG"

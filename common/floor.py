@@ -1,0 +1,56 @@
+"""The floor of a step: the GPU time of one batch's H2D copy from pinned memory and of its inference, each alone.
+
+No pipeline produces batches faster than the larger of the two: with the copy and the inference
+overlapped on two streams (step 5 on), the larger one is the wall the later lessons approach. Each step
+measures it once, after its timed run, on an execution context of its own: CUDA events around the work
+on one stream, after a warm-up, median of a few runs.
+"""
+from common import cuda, nvtx, stats
+from common.errors import CourseError
+
+WARM_UP_RUNS = 2
+TIMED_RUNS = 10
+
+
+def measure(run, batch_size):
+    """{"h2d_ms": ..., "inference_ms": ...} for one batch of `batch_size` of this step's engine."""
+    context = run.engine.create_execution_context()
+    if context is None:  # TensorRT: no memory for another context's activations
+        raise CourseError("could not create an execution context to measure the floor (out of GPU memory?)")
+    stream = cuda.create_stream()
+    profile = run.loaded.profile_for(batch_size)
+    if profile:
+        context.set_optimization_profile_async(profile, stream)
+    images = cuda.pinned_empty(run.input.shape_for(batch_size), run.input.dtype)
+    input_address, output_address = cuda.malloc(images.nbytes), cuda.malloc(run.output.nbytes(batch_size))
+    try:
+        context.set_input_shape(run.input.name, images.shape)
+        context.set_tensor_address(run.input.name, input_address)
+        context.set_tensor_address(run.output.name, output_address)
+
+        def infer():
+            if not context.execute_async_v3(stream):
+                raise CourseError("execute_async_v3 failed: see the engine's log above")
+
+        with nvtx.phase("floor"):
+            return {"h2d_ms": gpu_time_ms(lambda: cuda.memcpy_htod_async(input_address, images, stream), stream),
+                    "inference_ms": gpu_time_ms(infer, stream)}
+    finally:
+        cuda.synchronize(stream)
+        cuda.free(input_address)
+        cuda.free(output_address)
+
+
+def gpu_time_ms(enqueue, stream):
+    """Median GPU time of the work `enqueue()` queues on `stream`, between two timing events."""
+    start, end = cuda.create_timing_event(), cuda.create_timing_event()
+    for _ in range(WARM_UP_RUNS):
+        enqueue()
+    durations = []
+    for _ in range(TIMED_RUNS):
+        cuda.record(start, stream)
+        enqueue()
+        cuda.record(end, stream)
+        cuda.event_synchronize(end)
+        durations.append(cuda.elapsed_ms(start, end))
+    return stats.median(durations)

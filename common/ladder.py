@@ -1,0 +1,107 @@
+"""The steps' results as the report compares them: load the JSONs, their steady-state figures, the noise.
+
+A result is what common/results.py wrote: reports/<stem>.json. Results from before the course timed
+several windows hold only the source tutorial's figure ("last3_ms"); they count as one window.
+"""
+import json
+import re
+
+from common import stats
+
+TUTORIAL_BATCHES = 3  # results.TIMED_BATCHES, the source tutorial's window (results imports the GPU stack)
+BEYOND_THE_LADDER = {12: 8}  # steps beyond the ladder that run the ladder's workload -> the rung they compare with
+
+
+def load_results(directory):
+    """The step JSONs in a directory, in step order, and one note per file that could not be used."""
+    results, notes = [], []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            notes.append(f"{path}: not read ({error})")
+            continue
+        if not isinstance(result, dict):
+            notes.append(f"{path}: not a step result (expected a JSON object)")
+            continue
+        result.setdefault("stem", path.stem)
+        results.append(result)
+    results.sort(key=lambda result: (step_number(result), result["stem"]))
+    return results, notes
+
+
+def step_number(result):
+    """The step number: the JSON's "step", else the digits its stem starts with."""
+    if isinstance(result.get("step"), int):
+        return result["step"]
+    digits = re.match(r"\d+", str(result.get("stem", "")))
+    return int(digits.group()) if digits else 1_000_000
+
+
+def has_timed_window(result):
+    """Results of the ladder's workload; others (a batch-size sweep, say) are reported elsewhere."""
+    return isinstance(result.get("last3_ms"), (int, float)) and result["last3_ms"] > 0
+
+
+def is_ladder_step(result):
+    """A rung: a timed ladder workload, not one of the steps beyond the ladder compared with a rung."""
+    return has_timed_window(result) and step_number(result) not in BEYOND_THE_LADDER
+
+
+def windows(result):
+    """ms per batch of each timed window; a result from before windows existed is one window."""
+    return result.get("windows_ms_per_batch") or [result["last3_ms"] / TUTORIAL_BATCHES]
+
+
+def ms_per_batch(result):
+    """The figure the course ranks steps by: the median over the windows."""
+    return stats.median(windows(result))
+
+
+def images_per_batch(result):
+    """Mean images per batch of the step's workload (step 9 mixes two sizes)."""
+    if result.get("images_per_s"):
+        return result["images_per_s"] * ms_per_batch(result) / 1e3
+    return result.get("batch_size")
+
+
+def images_per_second(result):
+    if isinstance(result.get("images_per_s"), (int, float)):
+        return result["images_per_s"]
+    batch_size = result.get("batch_size")
+    return batch_size / ms_per_batch(result) * 1e3 if isinstance(batch_size, int) else None
+
+
+def same_workload(result, other):
+    return round(images_per_batch(result) or 0, 3) == round(images_per_batch(other) or 0, 3)
+
+
+def compare(result, other):
+    """How `result` compares with `other`: ("within noise" | "faster" | "slower" | "other workload", factor).
+
+    The factor is the ratio of throughputs (images/s), so steps with other batch sizes still compare; two
+    results whose windows overlap are "within noise" whatever the ratio of their medians.
+    """
+    factor = images_per_second(result) / images_per_second(other)
+    if not same_workload(result, other):
+        return "other workload", factor
+    if stats.within_noise(windows(result), windows(other)):
+        return "within noise", factor
+    return ("faster" if factor > 1 else "slower"), factor
+
+
+def speedups(ladder):
+    """Every step against the baseline (step 1) and against the step before it: compare() pairs, or None."""
+    baseline = next((r for r in ladder if step_number(r) == 1), None)
+    pairs, previous = [], None
+    for result in ladder:
+        pairs.append((compare(result, baseline) if baseline else None,
+                      compare(result, previous) if previous else None))
+        previous = result
+    return pairs
+
+
+def floor_ms(result):
+    """The larger of one batch's H2D and inference alone (common/floor.py); None for results without it."""
+    floor = result.get("floor")
+    return max(floor.values()) if isinstance(floor, dict) and floor else None

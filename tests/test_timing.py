@@ -1,0 +1,130 @@
+"""Steady-state timing: the timer's windows, the statistics, noise, and the output processing (CPU only)."""
+import numpy as np
+import pytest
+
+from common import ladder, results, stats
+
+
+class FakeClock:
+    """time.perf_counter for the timer: each call returns the next scripted instant (seconds)."""
+
+    def __init__(self, instants):
+        self.instants = iter(instants)
+
+    def __call__(self):
+        return next(self.instants)
+
+
+def run_timer(monkeypatch, batches, windows, starts, ends, order=None):
+    """Drive a Timer through batches started and finished at the given instants (results in `order`)."""
+    order = order or range(batches * windows)
+    clock = iter(list(starts) + list(ends))
+    monkeypatch.setattr(results.time, "perf_counter", lambda: next(clock))
+    timer = results.Timer(batches, windows)
+    for index in range(batches * windows):
+        timer.start_batch(index)
+    for index in order:
+        timer.batch_done(index)
+    return timer
+
+
+def test_each_window_is_the_time_between_its_first_and_last_result(monkeypatch):
+    # 2 windows of 4 batches; results every 10 ms in the first window, every 20 ms in the second
+    ends = [1.00, 1.01, 1.02, 1.03, 1.05, 1.07, 1.09, 1.11]
+    timer = run_timer(monkeypatch, 4, 2, starts=[0.9] * 8, ends=ends)
+    assert timer.windows_ms_per_batch == pytest.approx([10.0, 20.0])
+    assert timer.last3_ms == pytest.approx(60.0)  # the tutorial's figure: the last three results
+    assert timer.total_ms == pytest.approx(210.0)
+
+
+def test_pipeline_filling_stays_out_of_the_windows(monkeypatch):
+    """A first result that comes late (the pipeline filling) does not slow the steady-state figure."""
+    ends = [1.50, 1.51, 1.52, 1.53]
+    timer = run_timer(monkeypatch, 4, 1, starts=[1.0, 1.0, 1.0, 1.0], ends=ends)
+    assert timer.windows_ms_per_batch == pytest.approx([10.0])
+    assert timer.total_ms == pytest.approx(530.0)
+
+
+def test_latency_runs_from_a_batch_start_to_its_result_whatever_the_order(monkeypatch):
+    starts = [0.0, 0.1, 0.2, 0.3]
+    ends = [0.25, 0.40, 0.70, 0.90]  # the results of batches 1, 0, 3, 2, at these instants
+    timer = run_timer(monkeypatch, 4, 1, starts, ends, order=[1, 0, 3, 2])
+    assert sorted(timer.latencies_ms()) == pytest.approx([150.0, 400.0, 400.0, 700.0])
+
+
+def test_timer_freezes_the_start_up_objects():
+    import gc
+    gc.unfreeze()
+    results.Timer(4, 1)
+    assert gc.get_freeze_count() > 0
+    gc.unfreeze()
+
+
+def test_median_spread_and_percentiles():
+    assert stats.median([3.0, 1.0, 2.0]) == 2.0
+    assert stats.spread_pct([9.0, 10.0, 11.0]) == pytest.approx(20.0)
+    assert stats.spread_pct([5.0]) == 0
+    assert stats.percentile(list(range(101)), 99) == pytest.approx(99.0)
+
+
+def test_a_large_spread_warns_and_a_small_one_does_not():
+    assert stats.spread_warning("the windows", [10.0, 10.2, 10.4]) is None
+    warning = stats.spread_warning("the windows", [10.0, 10.5, 12.0])
+    assert warning.startswith("warning: the spread of the windows is 19.0% (above 10%)")
+
+
+@pytest.mark.parametrize("a, b, within", [
+    ([10.0, 10.5, 11.0], [10.8, 11.5, 12.0], True),  # ranges overlap at 10.8..11.0
+    ([10.0, 10.5, 10.7], [10.8, 11.5, 12.0], False),
+    ([5.0], [5.0], True),
+])
+def test_within_noise_means_the_windows_overlap(a, b, within):
+    assert stats.within_noise(a, b) is within
+    assert stats.within_noise(b, a) is within
+
+
+def result(step, windows, batch_size=128):
+    median = stats.median(windows)
+    return {"step": step, "stem": f"{step}_x", "last3_ms": 3 * median, "batch_size": batch_size,
+            "windows_ms_per_batch": windows, "images_per_s": batch_size / median * 1e3}
+
+
+def test_a_gain_inside_the_noise_is_called_within_noise():
+    slow, barely = result(1, [20.0, 21.0, 24.0]), result(2, [19.0, 20.5, 22.0])
+    verdict, factor = ladder.compare(barely, slow)
+    assert verdict == "within noise" and factor == pytest.approx(21.0 / 20.5)
+    faster = result(3, [9.8, 10.0, 10.3])
+    assert ladder.compare(faster, barely)[0] == "faster"
+    assert ladder.compare(barely, faster)[0] == "slower"
+
+
+def test_another_workload_is_not_compared_as_a_gain():
+    mixed = result(9, [3.0, 3.1], batch_size=72)
+    assert ladder.compare(mixed, result(8, [2.0, 2.1]))[0] == "other workload"
+
+
+def test_speedups_name_within_noise_steps():
+    steps = [result(1, [20.0, 22.0]), result(2, [21.0, 23.0]), result(3, [10.0, 10.5])]
+    pairs = ladder.speedups(steps)
+    assert pairs[0] == (("within noise", 1.0), None)
+    assert pairs[1][1][0] == "within noise"
+    assert pairs[2][1][0] == "faster" and pairs[2][0][1] == pytest.approx(21.0 / 10.25)
+
+
+def test_results_from_before_windows_count_as_one_window():
+    old = {"step": 1, "stem": "1_x", "last3_ms": 30.0, "batch_size": 128}
+    assert ladder.windows(old) == [10.0]
+    assert ladder.ms_per_batch(old) == 10.0
+    assert ladder.images_per_second(old) == pytest.approx(12800.0)
+
+
+def test_top5_by_partial_sort_equals_a_full_sort():
+    rng = np.random.default_rng(1)
+    probabilities = rng.random((128, 1000)).astype(np.float32)
+    expected = np.argsort(-probabilities, axis=1, kind="stable")[:, :5]
+    assert (results.top_classes(probabilities, 5) == expected).all()
+
+
+def test_output_processing_cost_is_measured_in_ms():
+    logits = np.zeros((128, 1000), dtype=np.float32)
+    assert 0 < results.output_cost_ms(logits) < 1000
