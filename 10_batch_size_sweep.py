@@ -3,6 +3,10 @@
 Not a rung of the ladder: it measures step 7's pipeline (pinned memory, a copy stream and a compute stream
 ordered by events, a CUDA graph per batch size) at every batch size from 1 to the engine's largest, on
 an engine built with a wide dynamic batch range. It answers "which batch size?".
+The sweep builds on step 7's pipeline, imported from 7_cuda_graph.py: its input slots, the H2D on the copy
+stream, the inference and the D2H on the compute stream, and its CUDA graphs. Added here: buffers for
+one batch size at a time, freed after it, and graphs captured before each batch size is timed and
+destroyed with its buffers.
 Why the curve has this shape: every batch pays fixed costs (kernel launches and the host's work per
 call, kernels too small to fill the GPU's SMs), which a larger batch spreads over more images, so
 images/s climbs. Once the GPU is busy, a batch twice as large takes about twice as long: throughput
@@ -41,17 +45,20 @@ import math
 import statistics
 import sys
 import time
+import typing
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 import torch
 
-from common import batching, build, cli, cuda, data, engine as engines, nvtx, plots, results
+from common import batching, build, cli, cuda, data, engine as engines, nvtx, plots, results, steps
 from common.errors import CourseError
 
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
+
+step7 = steps.load("7_cuda_graph")  # the pipeline the sweep measures
 
 ENGINE = "resnet18_fp16_wide"
 PRECISION = "fp16"
@@ -80,31 +87,24 @@ def parse_args():
 # ---------------------------------------------------------------------------------------------------
 # The pipeline, per batch size
 
-@dataclasses.dataclass
-class InputSlot:
-    """A device input buffer for one batch in flight, and the two events that guard it."""
-    address: int
-    copied: object  # on the copy stream, after the H2D: the inference may read the buffer
-    consumed: object  # on the compute stream, after the inference: the next H2D may overwrite it
-
-
-@dataclasses.dataclass
-class Buffers:
-    """One batch size's device buffers: two input slots (double buffering) and the output."""
+class Buffers(typing.NamedTuple):
+    """One batch size's device buffers: two input slots (double buffering) and the output. A tuple laid out as
+    step 7's allocate() returns its buffers, so that step 7's infer() finds the output address in it."""
     slots: list
     output_address: int
     batch_size: int
 
 
 class Pipeline:
-    """Step 7's streams, events and copies; a subclass says how the inference itself is queued."""
+    """Step 7's streams, events and copies, with buffers for one batch size at a time; a subclass says how the
+    inference itself is queued, with a launch(slot, batch_size) like that of step 7's InferenceGraphs."""
 
     def __init__(self, input_spec, output_spec, largest):
         self.input, self.output = input_spec, output_spec
         self.copy_stream, self.compute_stream = cuda.create_stream(), cuda.create_stream()
         self.events = [(cuda.create_event(), cuda.create_event()) for _ in range(2)]
-        self.host_logits = cuda.pinned_empty(output_spec.shape_for(largest), output_spec.dtype)
-        self.logits_copied = cuda.create_event()
+        self.host_output = step7.HostOutput(cuda.pinned_empty(output_spec.shape_for(largest), output_spec.dtype),
+                                            cuda.create_event())
 
     @contextlib.contextmanager
     def buffers(self, batch_size):
@@ -113,7 +113,7 @@ class Pipeline:
         try:
             for nbytes in (self.input.nbytes(batch_size),) * 2 + (self.output.nbytes(batch_size),):
                 addresses.append(cuda.malloc(nbytes))
-            slots = [InputSlot(address, *events) for address, events in zip(addresses, self.events)]
+            slots = [step7.InputSlot(address, *events) for address, events in zip(addresses, self.events)]
             yield Buffers(slots, addresses[2], batch_size)
         finally:
             for stream in (self.copy_stream, self.compute_stream):  # nothing may still use them
@@ -122,31 +122,54 @@ class Pipeline:
                 cuda.free(address)
 
     def copy_in(self, slot, images):
-        """Queue a batch's H2D on the copy stream, after the slot's previous inference has consumed it."""
-        with nvtx.phase("h2d"):
-            cuda.wait(self.copy_stream, slot.consumed)
-            cuda.memcpy_htod_async(slot.address, images, self.copy_stream)
-            cuda.record(slot.copied, self.copy_stream)
+        step7.copy_in(self.copy_stream, slot, images)
 
     def infer(self, buffers, slot):
-        """Queue the inference (after the slot's H2D) and the D2H on the compute stream; no waiting here."""
-        with nvtx.phase("infer"):
-            cuda.wait(self.compute_stream, slot.copied)
-            self.launch(buffers, slot)
-            cuda.record(slot.consumed, self.compute_stream)
-        with nvtx.phase("d2h"):
-            cuda.memcpy_dtoh_async(self.host_logits[:buffers.batch_size], buffers.output_address,
-                                   self.compute_stream)
-            cuda.record(self.logits_copied, self.compute_stream)
+        """Step 7's inference and D2H, with this pipeline's launch() in the place of its graphs."""
+        step7.infer(self, self.compute_stream, buffers, slot, self.host_output, buffers.batch_size)
 
     def prepare(self, buffers):
         """Whatever must happen once per batch size before timing (bind buffers, capture graphs)."""
 
-    def launch(self, buffers, slot):
+    def launch(self, slot, batch_size):
         raise NotImplementedError
 
     def release(self):
         """Drop what prepare() made for the batch size just measured."""
+
+
+class OutOfMemoryWhileCapturing(Exception):
+    """Carries an out-of-memory error past step 7's launch(), which would take any CourseError while capturing
+    for an engine that cannot be captured; here it means a batch size too large (hence not a CourseError)."""
+
+
+class SweepGraphs(step7.InferenceGraphs):
+    """Step 7's CUDA graphs, captured before a batch size is timed and destroyed with its buffers."""
+
+    def capture_before_timing(self, slots, batch_size):
+        """Each slot's graph now: step 7's launch() captures it (and runs it once) on first use."""
+        try:
+            for slot in slots:
+                self.launch(slot, batch_size)
+        except OutOfMemoryWhileCapturing as carrier:
+            raise carrier.__cause__ from None  # the CourseError again: the sweep records the size as out of memory
+        cuda.synchronize(self.stream)  # those runs are over before the warm-up's H2D overwrites a slot
+
+    def capture(self, slot, batch_size):
+        """Step 7's capture; an out-of-memory in it leaves step 7's launch() as OutOfMemoryWhileCapturing."""
+        try:
+            return super().capture(slot, batch_size)
+        except CourseError as error:
+            if batching.is_out_of_memory(error):
+                raise OutOfMemoryWhileCapturing() from error
+            raise
+
+    def release(self):
+        """A graph replays fixed addresses: once this batch size's buffers are freed, its graphs must go too."""
+        cuda.synchronize(self.stream)
+        for graph in self.graphs.values():
+            cuda.check(cuda.cudart.cudaGraphExecDestroy(graph))
+        self.graphs.clear()
 
 
 class EnginePipeline(Pipeline):
@@ -160,51 +183,17 @@ class EnginePipeline(Pipeline):
         if self.context is None:  # TensorRT: it could not reserve the profile's activation memory
             raise CourseError(f"could not create an execution context for {loaded.path} (out of GPU memory?): "
                               "build an engine with a smaller --profile MAX")
-        self.graphs = {}
-        self.capturable = True
-
-    def enqueue(self, buffers, slot):
-        self.context.set_input_shape(self.input.name, self.input.shape_for(buffers.batch_size))
-        self.context.set_tensor_address(self.input.name, slot.address)
-        if not self.context.execute_async_v3(self.compute_stream):
-            raise CourseError("execute_async_v3 failed: see the engine's log above")
-
-    def capture(self, buffers, slot):
-        with nvtx.phase("capture"):
-            cuda.begin_capture(self.compute_stream)
-            try:
-                self.enqueue(buffers, slot)
-            finally:
-                graph = cuda.end_capture(self.compute_stream)  # always end it, or the stream stays capturing
-        return graph
+        self.graphs = SweepGraphs(self.context, self.compute_stream, loaded)
 
     def prepare(self, buffers):
         self.context.set_tensor_address(self.output.name, buffers.output_address)
-        for slot in buffers.slots:
-            if not self.capturable:
-                break
-            self.enqueue(buffers, slot)  # outside the capture: finishes the shape's lazy set-up (see step 7)
-            cuda.synchronize(self.compute_stream)
-            try:
-                self.graphs[slot.address] = self.capture(buffers, slot)
-            except CourseError as error:
-                if batching.is_out_of_memory(error):
-                    raise
-                print(f"note: this engine cannot be captured into a CUDA graph ({error}); running it without one")
-                self.capturable = False
+        self.graphs.capture_before_timing(buffers.slots, buffers.batch_size)
 
-    def launch(self, buffers, slot):
-        if slot.address in self.graphs:
-            cuda.launch_graph(self.graphs[slot.address], self.compute_stream)
-        else:
-            self.enqueue(buffers, slot)
+    def launch(self, slot, batch_size):
+        self.graphs.launch(slot, batch_size)
 
     def release(self):
-        """A graph replays fixed addresses: once this batch size's buffers are freed, its graphs must go too."""
-        cuda.synchronize(self.compute_stream)
-        for graph in self.graphs.values():
-            cuda.check(cuda.cudart.cudaGraphExecDestroy(graph))
-        self.graphs.clear()
+        self.graphs.release()
 
 
 class DeviceArray:
@@ -224,24 +213,24 @@ class EagerPyTorch(Pipeline):
         self.label = f"eager PyTorch {torch.__version__}, fp16"
         self.model = data.Fp16Compute(data.load_model(build.WEIGHTS_PATH)).cuda().eval()
         self.torch_stream = torch.cuda.ExternalStream(self.compute_stream)
-        self.views = {}
+        self.inputs, self.logits = {}, None  # tensors on this batch size's buffers, by slot address
 
     def prepare(self, buffers):
-        size = buffers.batch_size
-        for address, spec in [(slot.address, self.input) for slot in buffers.slots] + [
-                (buffers.output_address, self.output)]:
-            self.views[address] = torch.as_tensor(DeviceArray(address, spec.shape_for(size), spec.dtype), device="cuda")
+        def view(address, spec):
+            return torch.as_tensor(DeviceArray(address, spec.shape_for(buffers.batch_size), spec.dtype), device="cuda")
+        self.inputs = {slot.address: view(slot.address, self.input) for slot in buffers.slots}
+        self.logits = view(buffers.output_address, self.output)
 
-    def launch(self, buffers, slot):
+    def launch(self, slot, batch_size):
         try:
             with torch.cuda.stream(self.torch_stream), torch.inference_mode():
-                self.views[buffers.output_address].copy_(self.model(self.views[slot.address]))
+                self.logits.copy_(self.model(self.inputs[slot.address]))
         except torch.cuda.OutOfMemoryError:
-            raise CourseError(f"out of GPU memory running a batch of {buffers.batch_size} in PyTorch") from None
+            raise CourseError(f"out of GPU memory running a batch of {batch_size} in PyTorch") from None
 
     def release(self):
         cuda.synchronize(self.compute_stream)
-        self.views.clear()
+        self.inputs, self.logits = {}, None
         torch.cuda.empty_cache()  # give back what this size cached, so the next size has the memory
 
 
@@ -253,7 +242,7 @@ def run_alone(pipeline, buffers, images):
     started = time.perf_counter()
     pipeline.copy_in(buffers.slots[0], images)
     pipeline.infer(buffers, buffers.slots[0])
-    cuda.event_synchronize(pipeline.logits_copied)
+    cuda.event_synchronize(pipeline.host_output.ready)
     return (time.perf_counter() - started) * 1e3
 
 
@@ -283,7 +272,7 @@ def measure(pipeline, images, reference, batch_size, runs):
                 latency_ms = statistics.median(run_alone(pipeline, buffers, batch) for _ in range(runs))
                 count = max(runs, math.ceil(MIN_SECONDS * 1e3 / latency_ms))
                 images_per_s = run_back_to_back(pipeline, buffers, batch, count)
-                logits = pipeline.host_logits[:batch_size].copy()
+                logits = pipeline.host_output.logits[:batch_size].copy()
             finally:
                 pipeline.release()
     finally:

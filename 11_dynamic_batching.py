@@ -4,9 +4,12 @@ Not a rung of the ladder: a small inference server. Requests of one image each a
 (a Poisson process, the arrivals of many independent clients, seeded by --seed so that every setting
 sees the same arrivals) at each of --rates requests per second. A batcher (common/batching.py) queues them and
 hands the GPU a batch when --batch-size requests are waiting or when the oldest has waited
---max-wait-ms, whichever comes first; the server runs each batch through step 7's pipeline (pinned
-staging buffers, a copy stream and a compute stream, a CUDA graph per batch size, captured for every
-size before the runs, and an output thread that hands each request its logits).
+--max-wait-ms, whichever comes first, and a server runs the batches.
+The server builds on step 7's pipeline, imported from 7_cuda_graph.py: its input slots and buffers, the
+copy stream and the compute stream ordered by events, a CUDA graph per batch size, and its output
+thread. Added here: a pinned staging buffer per input slot that the requests' images are gathered into,
+a graph captured for every batch size before the runs, and an output thread that hands each request
+its logits.
 Why: step 10 showed that the GPU does many more images per second in batches, but a server receives
 images one by one. Served one at a time, every request pays a whole batch's fixed cost, and once
 requests arrive faster than one batch of 1 takes, the queue grows without bound and so does latency.
@@ -42,7 +45,6 @@ import argparse
 import dataclasses
 import gc
 import math
-import queue
 import sys
 import threading
 import time
@@ -51,11 +53,13 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
-from common import batching, build, cli, cuda, data, engine as engines, nvtx, plots, results
+from common import batching, build, cli, cuda, data, engine as engines, nvtx, plots, results, steps
 from common.errors import CourseError
 
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
+
+step7 = steps.load("7_cuda_graph")  # the pipeline the server runs
 
 ENGINE = "resnet18_fp16"
 PRECISION = "fp16"
@@ -148,78 +152,33 @@ class LoadGenerator(threading.Thread):
 # ---------------------------------------------------------------------------------------------------
 # The server: step 7's pipeline, fed by the batcher
 
-@dataclasses.dataclass
-class InputSlot:
-    """A device input buffer for one batch in flight, its pinned staging buffer, and the two events that guard them."""
-    address: int
-    staging: object  # pinned host rows the batch's images are gathered into
-    copied: object  # on the copy stream, after the H2D: the inference may read the buffer, the staging is free
-    consumed: object  # on the compute stream, after the inference: the next H2D may overwrite it
+class InputSlot(step7.InputSlot):
+    """Step 7's input slot with a pinned staging buffer, which the batch's images are gathered into."""
 
+    def __init__(self, address, staging, copied, consumed):
+        super().__init__(address, copied, consumed)
+        self.staging = staging  # free again once `copied` has fired: the H2D has read it
 
-@dataclasses.dataclass
-class HostOutput:
-    """A pinned buffer for one batch's logits, and the event recorded after the D2H into it."""
-    logits: object
-    ready: object
-
-
-class InferenceGraphs:
-    """One CUDA graph of the inference per (input slot, batch size); step 7's, captured up front here."""
-
-    def __init__(self, context, stream, run):
-        self.context, self.stream, self.run = context, stream, run
-        self.graphs = {}
-        self.capturable = True
-
-    def launch(self, slot, batch_size):
-        key = (slot.address, batch_size)
-        if key not in self.graphs and self.capturable:
-            self.enqueue(slot, batch_size)  # outside the capture: finishes the shape's lazy set-up
-            cuda.synchronize(self.stream)
-            try:
-                self.graphs[key] = self.capture(slot, batch_size)
-            except CourseError as error:
-                print(f"note: this engine cannot be captured into a CUDA graph ({error}); running it without one")
-                self.capturable = False
-        if key in self.graphs:
-            cuda.launch_graph(self.graphs[key], self.stream)
-        else:
-            self.enqueue(slot, batch_size)
-
-    def enqueue(self, slot, batch_size):
-        self.context.set_input_shape(self.run.input.name, self.run.input.shape_for(batch_size))
-        self.context.set_tensor_address(self.run.input.name, slot.address)
-        if not self.context.execute_async_v3(self.stream):
-            raise CourseError("execute_async_v3 failed: see the engine's log above")
-
-    def capture(self, slot, batch_size):
-        with nvtx.phase("capture"):
-            cuda.begin_capture(self.stream)
-            try:
-                self.enqueue(slot, batch_size)
-            finally:
-                graph = cuda.end_capture(self.stream)  # always end it, or the stream stays capturing
-        return graph
+    @classmethod
+    def with_staging(cls, slot, input_spec, batch_size):
+        """Step 7's `slot`, with a staging buffer for up to `batch_size` images."""
+        staging = cuda.pinned_empty(input_spec.shape_for(batch_size), input_spec.dtype)
+        return cls(slot.address, staging, slot.copied, slot.consumed)
 
 
 class Server:
-    """Runs batches of requests: gather their images, H2D, the graph, D2H, and hand them to the output thread."""
+    """Runs batches of requests: gathers their images, then step 7's H2D, graph and D2H, and hands them to the
+    output thread."""
 
     def __init__(self, loaded, pool, max_batch_size):
         self.pool = pool
         context = loaded.engine.create_execution_context()
         self.copy_stream, self.compute_stream = cuda.create_stream(), cuda.create_stream()
-        with nvtx.phase("alloc"):  # everything sized for the largest batch, allocated once
-            self.slots = [InputSlot(cuda.malloc(loaded.input.nbytes(max_batch_size)),
-                                    cuda.pinned_empty(loaded.input.shape_for(max_batch_size), loaded.input.dtype),
-                                    cuda.create_event(), cuda.create_event()) for _ in range(2)]
-            self.output_address = cuda.malloc(loaded.output.nbytes(max_batch_size))
-            self.host_outputs = [HostOutput(cuda.pinned_empty(loaded.output.shape_for(max_batch_size),
-                                                              loaded.output.dtype),
-                                            cuda.create_event()) for _ in range(2)]
-        context.set_tensor_address(loaded.output.name, self.output_address)
-        self.graphs = InferenceGraphs(context, self.compute_stream, loaded)
+        # Everything sized for the largest batch, allocated once.
+        slots, self.output_address, self.host_outputs = step7.allocate(context, loaded, max_batch_size)
+        with nvtx.phase("alloc"):  # what step 7 lacks: a staging buffer per slot
+            self.slots = [InputSlot.with_staging(slot, loaded.input, max_batch_size) for slot in slots]
+        self.graphs = step7.InferenceGraphs(context, self.compute_stream, loaded)
         with nvtx.phase("warm-up"):  # a graph per batch size and slot now, not in the middle of a run
             for batch_size in range(1, max_batch_size + 1):
                 for slot in self.slots:
@@ -228,47 +187,40 @@ class Server:
 
     def serve(self, batcher, output_thread):
         """Until the batcher is shut down and drained; returns the size of every batch it ran."""
+        buffers = (self.slots, self.output_address, self.host_outputs)  # as step 7's allocate() returns them
         sizes = []
         while (batch := batcher.next_batch()) is not None:
             slot = self.slots[len(sizes) % 2]
-            with nvtx.phase("gather"):
-                cuda.event_synchronize(slot.copied)  # this slot's last H2D has read its staging buffer
-                staging = slot.staging[:len(batch)]
-                # One row copy per image (numpy releases the interpreter lock for each). Not np.take(out=...):
-                # on the H100 machine it gathered at about 0.2 ms per image and capped the server near 2,500/s.
-                for row, request in enumerate(batch):
-                    staging[row] = self.pool[request.image]
+            staging = self.gather(slot, batch)
             host_output = output_thread.take_free_buffer()
-            with nvtx.phase("h2d"):
-                cuda.wait(self.copy_stream, slot.consumed)
-                cuda.memcpy_htod_async(slot.address, staging, self.copy_stream)
-                cuda.record(slot.copied, self.copy_stream)
-            with nvtx.phase("infer"):
-                cuda.wait(self.compute_stream, slot.copied)
-                self.graphs.launch(slot, len(batch))
-                cuda.record(slot.consumed, self.compute_stream)
-            with nvtx.phase("d2h"):
-                cuda.memcpy_dtoh_async(host_output.logits[:len(batch)], self.output_address, self.compute_stream)
-                cuda.record(host_output.ready, self.compute_stream)
+            step7.copy_in(self.copy_stream, slot, staging)
+            step7.infer(self.graphs, self.compute_stream, buffers, slot, host_output, len(batch))
             output_thread.pending.put((batch, host_output))  # the thread waits for the logits, not us
             sizes.append(len(batch))
         return sizes
 
+    def gather(self, slot, batch):
+        """The batch's images in the slot's staging rows, once its last H2D has read them."""
+        with nvtx.phase("gather"):
+            cuda.event_synchronize(slot.copied)
+            staging = slot.staging[:len(batch)]
+            # One row copy per image (numpy releases the interpreter lock for each). Not np.take(out=...):
+            # on the H100 machine it gathered at about 0.2 ms per image and capped the server near 2,500/s.
+            for row, request in enumerate(batch):
+                staging[row] = self.pool[request.image]
+        return staging
 
-class OutputThread(threading.Thread):
-    """Waits for each batch's logits, in order, gives every request its row, and returns the host buffer."""
+
+class OutputThread(step7.OutputThread):
+    """Step 7's output thread, giving every request its row of the batch's logits instead of printing the batch."""
 
     def __init__(self, host_outputs):
-        super().__init__(name="output", daemon=True)
-        self.pending = queue.Queue()  # (requests, HostOutput), then None to stop
-        self.free = queue.Queue()  # host buffers the server may copy into
-        for host_output in host_outputs:
-            self.free.put(host_output)
+        super().__init__(host_outputs, outputs=None, timer=None)  # neither is used: run() below replaces step 7's
         self.delivered = []  # request ids, once per delivery: a duplicate would show here
         self.logits = {}
-        self.error = None
 
     def run(self):
+        """Takes (requests, HostOutput) from `pending` until None."""
         try:
             while (item := self.pending.get()) is not None:
                 batch, host_output = item
@@ -284,16 +236,6 @@ class OutputThread(threading.Thread):
         except Exception as error:
             self.error = error
             self.free.put(None)  # wakes the server if it is waiting for a buffer
-
-    def take_free_buffer(self):
-        """Blocks while both buffers hold logits not yet handed out (back-pressure)."""
-        host_output = self.free.get()
-        self.raise_error()
-        return host_output
-
-    def raise_error(self):
-        if self.error is not None:
-            raise CourseError(f"the output thread failed: {self.error}")
 
 
 # ---------------------------------------------------------------------------------------------------

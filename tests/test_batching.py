@@ -450,7 +450,7 @@ def test_step11_server_loop_serves_every_request_once_on_a_fake_gpu(monkeypatch)
     server = object.__new__(step.Server)  # its buffers by hand: no GPU to allocate them on
     server.pool, server.copy_stream, server.compute_stream, server.output_address = pool, 0, 0, 0
     server.slots = [step.InputSlot(0, np.zeros((8, 3, 4, 4), np.float32), None, None) for _ in range(2)]
-    server.host_outputs = [step.HostOutput(np.zeros((8, 1000), np.float32), None) for _ in range(2)]
+    server.host_outputs = [step.step7.HostOutput(np.zeros((8, 1000), np.float32), None) for _ in range(2)]
     server.graphs = type("NoGraphs", (), {"launch": lambda self, slot, batch_size: None})()
     for setting in (step.Setting(1, 0.0), step.Setting(8, 0.0), step.Setting(8, 5000.0)):
         run = step.serve_run(server, setting, rate=2000.0, duration_s=0.05, seed=3, reference=fake_model(pool))
