@@ -19,8 +19,12 @@ the trade-offs (batches that no other batch beats on both latency and throughput
 model, the GPU and the precision: measure it, do not guess.
 - Latency: one batch alone (H2D, inference, D2H), host clock around it, median of --batches runs.
 - Throughput: batches back to back, the next batch's H2D overlapping this batch's inference (step 5),
-  at least --batches of them and enough to last 0.25 s; images per second. There is no output thread:
-  the logits are checked once per batch size instead of being processed per batch.
+  at least --batches of them and enough to last 0.1 s; images per second, measured --repeats times
+  (default 5): the figure is their median, and their range its noise. There is no output thread: the
+  logits are checked once per batch size instead of being processed per batch.
+- Noise: a batch whose runs overlap those of the batch below is marked "within noise" of it. The knee is
+  named only where the noise allows: if a smaller batch's fastest run also reaches the threshold, or the
+  knee's slowest run does not, the batches that could be the knee are listed instead ("knee?").
 - A batch that does not fit in GPU memory is reported as "out of memory" and the sweep goes on. (On
   TensorRT, a context reserves the activation memory of its profile's largest batch when it is created,
   so there the failure comes at the start: build a narrower profile.)
@@ -48,21 +52,17 @@ import time
 import typing
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import torch
 
-from common import batching, build, cli, cuda, data, engine as engines, nvtx, plots, results, steps
+from common import batching, build, cli, cuda, data, engine as engines, nvtx, plots, results, stats, steps
 from common.errors import CourseError
-
-matplotlib.use("Agg")  # files only: no display needed
-import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
 
 step7 = steps.load("7_cuda_graph")  # the pipeline the sweep measures
 
 ENGINE = "resnet18_fp16_wide"
 PRECISION = "fp16"
-MIN_SECONDS = 0.25  # each throughput figure: long enough that the host clock's jitter does not matter
+MIN_SECONDS = 0.1  # each throughput run: long enough that the host clock's jitter does not matter
 REFERENCE_CHUNK = 128  # the fp32 reference is computed in chunks: a 1024-image fp32 batch may not fit
 
 
@@ -75,6 +75,9 @@ def parse_args():
     parser.add_argument("--batches", type=cli.whole_number(3), default=10,
                         help="runs timed per batch size for each figure (default 10; small batches run more, "
                              f"to last at least {MIN_SECONDS} s)")
+    parser.add_argument("--repeats", type=cli.whole_number(1), default=5,
+                        help="throughput measurements per batch size (default 5): the figure is their median, their "
+                             "range decides whether the knee can be named")
     parser.add_argument("--knee-within", type=cli.number(0, 100, low_allowed=True), default=5.0, metavar="PERCENT",
                         help="the knee is the smallest batch within this many percent of the peak throughput "
                              "(default 5)")
@@ -258,8 +261,9 @@ def run_back_to_back(pipeline, buffers, images, count):
     return count * len(images) / (time.perf_counter() - started)
 
 
-def measure(pipeline, images, reference, batch_size, runs):
-    """One batch size's row: latency, throughput, and its logits checked against the reference."""
+def measure(pipeline, images, reference, batch_size, runs, repeats):
+    """One batch size's row: latency, throughput (`repeats` measurements), and its logits checked against the
+    reference."""
     batch = images[:batch_size]
     range_id = nvtx.start(f"{pipeline.name}: batch size {batch_size}")
     try:
@@ -271,28 +275,30 @@ def measure(pipeline, images, reference, batch_size, runs):
                         run_alone(pipeline, buffers, batch)
                 latency_ms = statistics.median(run_alone(pipeline, buffers, batch) for _ in range(runs))
                 count = max(runs, math.ceil(MIN_SECONDS * 1e3 / latency_ms))
-                images_per_s = run_back_to_back(pipeline, buffers, batch, count)
+                throughput_runs = tuple(run_back_to_back(pipeline, buffers, batch, count) for _ in range(repeats))
                 logits = pipeline.host_output.logits[:batch_size].copy()
             finally:
                 pipeline.release()
     finally:
         nvtx.end(range_id)
     check = results.check_outputs([logits], [reference[:batch_size]], PRECISION)
-    return batching.SweepRow(batch_size, latency_ms, images_per_s, check=check)
+    return batching.SweepRow(batch_size, latency_ms, statistics.median(throughput_runs), check=check,
+                             throughput_runs=throughput_runs)
 
 
-def sweep(pipeline, batch_sizes, images, reference, runs):
+def sweep(pipeline, batch_sizes, images, reference, runs, repeats):
     print(f"{pipeline.name}: {pipeline.label}")
-    print(f"  {'batch':>6} {'latency ms':>11} {'ms/image':>9} {'images/s':>10}  check")
+    print(f"  {'batch':>6} {'latency ms':>11} {'ms/image':>9} {'images/s':>10} {'spread %':>8}  check")
 
     def show(row):
         if row.measured:
             verdict = "pass" if row.check["passed"] else f"FAIL: {row.check['summary']}"
             print(f"  {row.batch_size:>6} {row.latency_ms:>11.3f} {row.latency_ms / row.batch_size:>9.4f} "
-                  f"{row.images_per_s:>10,.0f}  {verdict}", flush=True)
+                  f"{row.images_per_s:>10,.0f} {stats.spread_pct(row.runs):>8.1f}  {verdict}", flush=True)
         else:
             print(f"  {row.batch_size:>6} {row.failure}: the sweep goes on", flush=True)
-    return batching.run_sweep(batch_sizes, lambda size: measure(pipeline, images, reference, size, runs), show)
+    return batching.run_sweep(batch_sizes, lambda size: measure(pipeline, images, reference, size, runs, repeats),
+                              show)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -300,12 +306,14 @@ def sweep(pipeline, batch_sizes, images, reference, runs):
 
 def summarize(name, label, rows, within, budgets):
     """The sweep's rows with their marks, and the knee, peak and trade-offs, as the JSON keeps them."""
-    knee, best = batching.find_knee(rows, within), batching.peak(rows)
+    knee, best = batching.knee_within_noise(rows, within), batching.peak(rows)
     notes = batching.marks(rows, within)
     return {
         "name": name, "label": label,
-        "rows": [{**dataclasses.asdict(row), "marks": notes[row.batch_size]} for row in rows],
-        "knee": knee.batch_size if knee else None, "peak": best.batch_size if best else None,
+        "rows": [{**dataclasses.asdict(row), "spread_pct": stats.spread_pct(row.runs) if row.measured else None,
+                  "marks": notes[row.batch_size]} for row in rows],
+        "knee": knee.batch_size if knee else None, "knee_candidates": batching.knee_candidates(rows, within),
+        "peak": best.batch_size if best else None,
         "trade_offs": [row.batch_size for row in batching.trade_offs(rows)],
         "out_of_memory": [row.batch_size for row in rows if row.failure == batching.OUT_OF_MEMORY],
         "within_budget": {f"{budget:g}": getattr(batching.best_within_latency(rows, budget), "batch_size", None)
@@ -318,20 +326,25 @@ def print_table(summary, within):
     rows = {row["batch_size"]: row for row in summary["rows"]}
     best = rows[summary["peak"]] if summary["peak"] else None
     print(f"\n{summary['name']}: {summary['label']}")
-    print(f"  {'batch':>6} {'latency ms':>11} {'ms/image':>9} {'images/s':>10} {'% of peak':>9}  marks")
+    print(f"  {'batch':>6} {'latency ms':>11} {'ms/image':>9} {'images/s':>10} {'spread %':>8} {'% of peak':>9}  marks")
     for size, row in rows.items():
         if row["failure"]:
             print(f"  {size:>6} {row['failure']:>11}")
             continue
         share = row["images_per_s"] / best["images_per_s"] * 100
         print(f"  {size:>6} {row['latency_ms']:>11.3f} {row['latency_ms'] / size:>9.4f} {row['images_per_s']:>10,.0f} "
-              f"{share:>9.1f}  {', '.join(row['marks'])}")
+              f"{row['spread_pct']:>8.1f} {share:>9.1f}  {', '.join(row['marks'])}")
     if best is None:
         print("  no batch size could be measured")
         return
+    if summary["knee"] is None:
+        print(f"  knee: one of batches {summary['knee_candidates']}: within the noise of the runs, they cannot be told "
+              f"apart from the {within:.0%} threshold (more --repeats, or a quieter machine, may separate them)")
+        return print_choices(summary, rows)
     knee = rows[summary["knee"]]
     print(f"  knee: batch {knee['batch_size']}, the smallest within {within:.0%} of the peak "
-          f"({knee['images_per_s']:,.0f} images/s at {knee['latency_ms']:.2f} ms per batch)")
+          f"({knee['images_per_s']:,.0f} images/s at {knee['latency_ms']:.2f} ms per batch), outside the noise of "
+          "the batch below")
     if best is knee:
         print("  peak: the knee itself (no larger batch does more)")
     else:
@@ -339,6 +352,11 @@ def print_table(summary, within):
               f"{best['latency_ms']:.2f} ms): "
               f"{best['images_per_s'] / knee['images_per_s'] - 1:+.1%} throughput for "
               f"{best['latency_ms'] / knee['latency_ms']:.1f}x the knee's latency")
+    print_choices(summary, rows)
+
+
+def print_choices(summary, rows):
+    """The trade-offs, and the best batch within each latency budget."""
     print(f"  trade-offs (no other batch is both faster and does more): {summary['trade_offs']}")
     for budget, size in summary["within_budget"].items():
         choice = f"batch {size} ({rows[size]['images_per_s']:,.0f} images/s)" if size else "no batch size fits"
@@ -354,60 +372,6 @@ def print_comparison(engine_summary, pytorch_summary):
         if row["failure"] or not other or other["failure"]:
             continue
         print(f"  batch {row['batch_size']:>5}: {row['images_per_s'] / other['images_per_s']:.2f}x")
-
-
-def plot(path, summaries, within, title):
-    """Throughput and latency against batch size, and latency against throughput (the trade-off)."""
-    figure, (by_size, latency, trade) = plt.subplots(1, 3, figsize=(17, 5.4), layout="constrained")
-    colors = {"engine": "#1f5fbf", "pytorch": "#d9730d"}
-    all_sizes = sorted({row["batch_size"] for summary in summaries for row in summary["rows"]})
-    for summary in summaries:
-        color = colors.get(summary["name"], "black")
-        rows = [row for row in summary["rows"] if not row["failure"]]
-        sizes = [row["batch_size"] for row in rows]
-        throughput = [row["images_per_s"] for row in rows]
-        latency_ms = [row["latency_ms"] for row in rows]
-        label = f"{summary['name']}: {summary['label']}"
-        by_size.plot(sizes, throughput, marker="o", color=color, label=label)
-        latency.plot(sizes, latency_ms, marker="o", color=color, label=label)
-        trade.plot(throughput, latency_ms, marker="o", color=color, label=label)
-        for row in rows:
-            trade.annotate(str(row["batch_size"]), (row["images_per_s"], row["latency_ms"]), fontsize=8,
-                           textcoords="offset points", xytext=(4, -10), color=color)
-        if summary["knee"]:
-            knee = next(row for row in rows if row["batch_size"] == summary["knee"])
-            for axes, point in ((by_size, (knee["batch_size"], knee["images_per_s"])),
-                                (latency, (knee["batch_size"], knee["latency_ms"])),
-                                (trade, (knee["images_per_s"], knee["latency_ms"]))):
-                axes.plot(*point, marker="*", markersize=16, color=color, markeredgecolor="black", linestyle="none")
-                axes.annotate(f"knee: {knee['batch_size']}", point, textcoords="offset points", xytext=(-12, 2),
-                              ha="right", va="bottom", fontsize=9, color=color, fontweight="bold")
-        for size in summary["out_of_memory"]:
-            for axes in (by_size, latency):
-                axes.axvline(size, color=color, linestyle=":", linewidth=1)
-                axes.annotate("out of memory", (size, 0.5), xycoords=("data", "axes fraction"), rotation=90,
-                              fontsize=8, color=color, ha="right", va="center")
-    for axes in (by_size, latency):
-        axes.set_xscale("log", base=2)
-        axes.set_xticks(all_sizes, [str(size) for size in all_sizes], fontsize=8)
-        axes.set_xlabel("batch size (images)")
-    by_size.set_ylabel("throughput (images/s), batches back to back")
-    by_size.set_ylim(bottom=0)
-    by_size.set_title(f"Throughput: the knee is the smallest batch within {within:.0%} of the peak", fontsize=10)
-    for axes in (latency, trade):
-        plots.plain_log_scale(axes, "y")
-    latency.set_ylabel("latency of one batch (ms): H2D + inference + D2H")
-    latency.set_title("Latency of a batch run alone", fontsize=10)
-    trade.set_xlabel("throughput (images/s)")
-    trade.set_ylabel("latency of one batch (ms)")
-    trade.set_title("The trade-off (points: batch sizes); lower right is better", fontsize=10)
-    for axes in (by_size, latency, trade):
-        axes.grid(alpha=0.3)
-    figure.legend(*by_size.get_legend_handles_labels(), loc="outside lower center", ncols=len(summaries), fontsize=9,
-                  frameon=False)  # below the panels, where it hides no curve
-    figure.suptitle(title, fontsize=11)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -435,7 +399,7 @@ def write_result(args, loaded, device, summaries, figure_path):
               if row["check"] and not row["check"]["passed"]]
     result = {
         **results.step_record(__doc__, loaded, device), "kind": "sweep", "profile": list(loaded.profiles[0]),
-        "runs_per_figure": args.batches, "knee_within": args.knee_within / 100, "sweeps": summaries,
+        "runs_per_figure": args.batches, "throughput_repeats": args.repeats, "knee_within": args.knee_within / 100, "sweeps": summaries,
         "check": {"passed": not failed and bool(checks),
                   "summary": f"{len(checks) - len(failed)} of {len(checks)} batch sizes match the reference"
                              + (f"; differ: {', '.join(failed)}" if failed else "")},
@@ -456,7 +420,7 @@ def main():
     summaries = []
     for make_pipeline in pipelines:
         pipeline = make_pipeline()
-        rows = sweep(pipeline, batch_sizes, images, reference, args.batches)
+        rows = sweep(pipeline, batch_sizes, images, reference, args.batches, args.repeats)
         summaries.append(summarize(pipeline.name, pipeline.label, rows, within, budgets))
         del pipeline  # the engine's context and its memory go before eager PyTorch needs the GPU
     for summary in summaries:
@@ -465,7 +429,7 @@ def main():
         print_comparison(*summaries)
     Path(args.reports).mkdir(parents=True, exist_ok=True)
     figure_path = Path(args.reports, f"{Path(sys.argv[0]).stem}.png")
-    plot(figure_path, summaries, within, f"Batch-size sweep of ResNet-18 fp16 on {device[0]}: {loaded.label}")
+    plots.plot_sweep(figure_path, summaries, within, f"Batch-size sweep of ResNet-18 fp16 on {device[0]}: {loaded.label}")
     result = write_result(args, loaded, device, summaries, figure_path)
     print(f"\nwrote {args.reports}/{Path(sys.argv[0]).stem}.json and {figure_path}")
     if not result["check"]["passed"]:

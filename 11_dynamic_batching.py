@@ -50,14 +50,10 @@ import threading
 import time
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 
 from common import batching, build, cli, cuda, data, engine as engines, nvtx, plots, results, steps
 from common.errors import CourseError
-
-matplotlib.use("Agg")  # files only: no display needed
-import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
 
 step7 = steps.load("7_cuda_graph")  # the pipeline the server runs
 
@@ -88,6 +84,7 @@ def parse_args():
     parser.add_argument("--batch-size", type=cli.whole_number(1), default=32,
                         help="the largest batch the batcher forms (default 32)")
     parser.add_argument("--batches", type=int, help=argparse.SUPPRESS)  # shared, but requests are what count here
+    parser.add_argument("--repeats", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--rates", type=numbers(0, False), default=[500, 1000, 2000, 4000, 8000, 16000],
                         metavar="R,R,...", help="arrival rates to try, requests per second "
                                                 "(default 500,1000,2000,4000,8000,16000)")
@@ -299,35 +296,6 @@ def print_header():
     print("  (offered: the rate asked for; arrived: that run's random sample of it; batch: the mean batch size)")
 
 
-def plot(path, runs, title):
-    """Latency (p50 and p99) against the throughput served, a curve per setting, points labelled by rate."""
-    figure, panels = plt.subplots(1, 2, figsize=(14, 5.4), layout="constrained", sharey=True)
-    settings = list(dict.fromkeys(run["setting"] for run in runs))
-    colors = plt.get_cmap("tab10")
-    for panel, (key, name) in zip(panels, (("p50_ms", "median (p50)"), ("p99_ms", "p99"))):
-        for index, setting in enumerate(settings):
-            points = [run for run in runs if run["setting"] == setting]
-            served = [run["served_per_s"] for run in points]
-            latency = [run[key] for run in points]
-            style = "--" if points[0]["max_batch_size"] == 1 else "-"
-            panel.plot(served, latency, style, marker="o", color=colors(index), label=setting)
-            for run in points:
-                panel.annotate(f"{run['offered_per_s']:g}/s", (run["served_per_s"], run[key]), fontsize=7,
-                               textcoords="offset points", xytext=(4, 4), color=colors(index))
-        for which in "xy":
-            plots.plain_log_scale(panel, which)
-        panel.margins(x=0.08)  # room for the rate labels of the rightmost points
-        panel.set_xlabel("throughput served (requests/s); labels: the offered arrival rate")
-        panel.set_ylabel(f"{name} latency (ms)")
-        panel.set_title(f"{name} latency, arrival to result", fontsize=10)
-        panel.grid(alpha=0.3, which="both")
-        panel.yaxis.set_tick_params(labelleft=True)
-    panels[0].legend(fontsize=8, loc="upper left")
-    figure.suptitle(title, fontsize=11)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
 def write_result(args, loaded, device, settings, runs, figure_path):
     failed = [f"{run['setting']} at {run['offered_per_s']:g}/s" for run in runs if not run["check"]["passed"]]
     result = {
@@ -375,7 +343,7 @@ def main():
             print_row(runs[-1])
     Path(args.reports).mkdir(parents=True, exist_ok=True)
     figure_path = Path(args.reports, f"{Path(sys.argv[0]).stem}.png")
-    plot(figure_path, runs, f"Dynamic batching of single-image requests (Poisson arrivals), ResNet-18 fp16 on "
+    plots.plot_dynamic_batching(figure_path, runs, f"Dynamic batching of single-image requests (Poisson arrivals), ResNet-18 fp16 on "
                             f"{device[0]}: {loaded.label}")
     result = write_result(args, loaded, device, settings, runs, figure_path)
     print(f"wrote {args.reports}/{Path(sys.argv[0]).stem}.json and {figure_path}")

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from common import stats
 from common.errors import CourseError
 
 OUT_OF_MEMORY = "out of memory"
@@ -32,10 +33,16 @@ class SweepRow:
     images_per_s: float | None = None
     failure: str | None = None
     check: dict | None = None  # the batch's outputs against the reference (results.check_outputs)
+    throughput_runs: tuple = ()  # images/s of each repeated measurement; images_per_s is their median
 
     @property
     def measured(self):
         return self.failure is None and self.latency_ms is not None and self.images_per_s is not None
+
+    @property
+    def runs(self):
+        """The throughput measurements: the repeated runs, or the one figure where there were none."""
+        return self.throughput_runs or (self.images_per_s,)
 
 
 def sweep_batch_sizes(smallest, largest):
@@ -96,6 +103,27 @@ def find_knee(rows, within=0.05):
     return next(row for row in measured(rows) if row.images_per_s >= floor)
 
 
+def knee_candidates(rows, within=0.05):
+    """The batch sizes the knee could be, given the noise: from the smallest whose fastest run reaches the
+    threshold ((1 - within) x the peak's median) to the smallest whose slowest run does (or the peak). One
+    size: the knee is named; several: the measurements cannot tell them apart, and none is named.
+    """
+    best = peak(rows)
+    if best is None:
+        return []
+    threshold = (1 - within) * best.images_per_s
+    sizes = measured(rows)
+    could = next(row for row in sizes if max(row.runs) >= threshold)  # exists: the peak's median reaches it
+    surely = next((row for row in sizes if min(row.runs) >= threshold), best)  # never smaller than `could`
+    return [row.batch_size for row in sizes if could.batch_size <= row.batch_size <= surely.batch_size]
+
+
+def knee_within_noise(rows, within=0.05):
+    """The knee where the noise allows naming one (a single candidate), else None."""
+    candidates = knee_candidates(rows, within)
+    return find_knee(rows, within) if len(candidates) == 1 else None
+
+
 def trade_offs(rows):
     """The rows no other row beats on both counts (lower or equal latency and higher or equal throughput,
     better on one): the batches worth considering; any other batch is slower AND does less work than one
@@ -117,17 +145,25 @@ def best_within_latency(rows, budget_ms):
 
 
 def marks(rows, within=0.05):
-    """A short note per batch size for the sweep's table: knee, peak, trade-off, dominated, out of memory."""
-    knee, best = find_knee(rows, within), peak(rows)
+    """A short note per batch size for the sweep's table: knee (or a knee candidate, where the noise leaves
+    several), peak, trade-off, dominated, within noise of the batch below, out of memory."""
+    candidates, best = knee_candidates(rows, within), peak(rows)
     frontier = {row.batch_size for row in trade_offs(rows)}
-    notes = {}
+    notes, below = {}, None
     for row in rows:
         if not row.measured:
             notes[row.batch_size] = [row.failure or "not measured"]
             continue
-        note = [name for name, chosen in (("knee", knee), ("peak", best)) if row.batch_size == chosen.batch_size]
+        note = []
+        if row.batch_size in candidates:
+            note.append("knee" if len(candidates) == 1 else "knee?")
+        if row.batch_size == best.batch_size:
+            note.append("peak")
         note.append("trade-off" if row.batch_size in frontier else "dominated")
+        if below is not None and stats.within_noise(row.runs, below.runs) and len(row.runs) > 1:
+            note.append(f"within noise of {below.batch_size}")
         notes[row.batch_size] = note
+        below = row
     return notes
 
 

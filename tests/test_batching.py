@@ -5,7 +5,6 @@ process, and the batcher: its policy (max size, max wait from the oldest request
 lost or served twice under a burst of submitting threads or at shutdown. Also the steps' plots and
 option errors, which need no GPU.
 """
-import importlib.util
 import inspect
 import itertools
 import threading
@@ -14,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from common import batching, torch_engine
+from common import batching, plots, steps, torch_engine
 from common.batching import SweepRow
 from common.errors import CourseError
 from conftest import REPO, run_script
@@ -378,15 +377,34 @@ def test_rows_not_their_own_finds_mixed_up_results():
 # ---------------------------------------------------------------------------------------------------
 # The steps' plots and options, which need no GPU
 
-def load_script(stem):
-    spec = importlib.util.spec_from_file_location(stem, REPO / f"{stem}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def noisy_rows(runs_by_size):
+    """Rows with repeated throughput runs (latency grows with the batch)."""
+    return [SweepRow(size, 1.0 + 0.1 * size, float(np.median(runs)), throughput_runs=tuple(runs))
+            for size, runs in runs_by_size.items()]
+
+
+def test_a_knee_outside_the_noise_is_named():
+    rows = noisy_rows({32: [6000, 6100, 6200], 64: [9000, 9100, 9200], 128: [9700, 9800, 9900],
+                       256: [9950, 10000, 10050]})
+    assert batching.knee_candidates(rows, 0.05) == [128]  # 9,500 threshold: 64's best run is far below it
+    assert batching.knee_within_noise(rows, 0.05).batch_size == 128
+    assert batching.marks(rows, 0.05)[128] == ["knee", "trade-off"]
+
+
+def test_a_knee_the_noise_cannot_place_is_not_named():
+    """128's median is below the threshold but its fastest run reaches it: 128 or 256, the runs cannot tell."""
+    rows = noisy_rows({64: [9000, 9100, 9200], 128: [9300, 9450, 9600], 256: [9700, 10000, 10100],
+                       512: [9950, 10000, 10050]})
+    assert batching.find_knee(rows, 0.05).batch_size == 256  # by the medians alone
+    assert batching.knee_candidates(rows, 0.05) == [128, 256]
+    assert batching.knee_within_noise(rows, 0.05) is None
+    notes = batching.marks(rows, 0.05)
+    assert notes[128][0] == notes[256][0] == "knee?"
+    assert "within noise of 256" in notes[512] and "within noise of 64" not in notes[128]
 
 
 def test_sweep_plot_and_table_on_synthetic_timings(tmp_path, capsys):
-    sweep = load_script("10_batch_size_sweep")
+    sweep = steps.load("10_batch_size_sweep")
     sizes = [2 ** e for e in range(11)]
     engine_rows = rows_from(saturating(sizes[:-1], peak=30_000, half=24)) + [SweepRow(1024, failure="out of memory")]
     eager_rows = rows_from(saturating(sizes, peak=20_000, half=64))
@@ -395,7 +413,7 @@ def test_sweep_plot_and_table_on_synthetic_timings(tmp_path, capsys):
     assert summaries[0]["out_of_memory"] == [1024]
     assert summaries[0]["knee"] == batching.find_knee(engine_rows).batch_size
     path = tmp_path / "sweep.png"
-    sweep.plot(path, summaries, 0.05, "Batch-size sweep (synthetic timings)")
+    plots.plot_sweep(path, summaries, 0.05, "Batch-size sweep (synthetic timings)")
     assert path.stat().st_size > 10_000
     for summary in summaries:
         sweep.print_table(summary, 0.05)
@@ -405,7 +423,6 @@ def test_sweep_plot_and_table_on_synthetic_timings(tmp_path, capsys):
 
 
 def test_dynamic_batching_plot_on_synthetic_runs(tmp_path):
-    step = load_script("11_dynamic_batching")
     runs = []
     for setting, capacity, base_ms in (("one request at a time", 1500, 0.8), ("batches of up to 32, wait up to 2 ms",
                                                                                 20_000, 2.0)):
@@ -416,7 +433,7 @@ def test_dynamic_batching_plot_on_synthetic_runs(tmp_path):
             runs.append({"setting": setting, "max_batch_size": 1 if "one" in setting else 32, "offered_per_s": rate,
                          "served_per_s": served, "p50_ms": p50, "p99_ms": p50 * 3})
     path = tmp_path / "dynamic.png"
-    step.plot(path, runs, "Dynamic batching (synthetic runs)")
+    plots.plot_dynamic_batching(path, runs, "Dynamic batching (synthetic runs)")
     assert path.stat().st_size > 10_000
 
 
@@ -436,7 +453,7 @@ def test_step11_server_loop_serves_every_request_once_on_a_fake_gpu(monkeypatch)
     """Step 11's real server loop, output thread and load generator, with the CUDA calls replaced by a fake
     GPU that computes a distinct row per image: every request gets its own image's row, none lost, none twice,
     also for the requests a long max wait leaves pending at shutdown."""
-    step = load_script("11_dynamic_batching")
+    step = steps.load("11_dynamic_batching")
     pool = np.stack([np.full((3, 4, 4), index, np.float32) for index in range(16)])
 
     def fake_model(images):
@@ -458,3 +475,14 @@ def test_step11_server_loop_serves_every_request_once_on_a_fake_gpu(monkeypatch)
         assert run["check"]["passed"], run["check"]["summary"]
         assert run["largest_batch"] <= setting.max_batch_size
         assert run["max_ms"] < 2000  # the 5 s wait is never waited out: the shutdown flushes what is pending
+
+
+def test_sweep_table_and_plot_when_the_noise_hides_the_knee(tmp_path, capsys):
+    sweep = steps.load("10_batch_size_sweep")
+    rows = noisy_rows({64: [9000, 9100, 9200], 128: [9300, 9450, 9600], 256: [9700, 10000, 10100]})
+    summary = sweep.summarize("engine", "PyTorch stand-in, not TensorRT", rows, 0.05, [])
+    assert summary["knee"] is None and summary["knee_candidates"] == [128, 256]
+    sweep.print_table(summary, 0.05)
+    assert "knee: one of batches [128, 256]: within the noise" in capsys.readouterr().out
+    plots.plot_sweep(tmp_path / "sweep.png", [summary], 0.05, "noisy")
+    assert (tmp_path / "sweep.png").stat().st_size > 10_000
