@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO, requires_gpu, run_script
 
 pytestmark = requires_gpu
-SMALL = ["--backend", "torch", "--batches", "4", "--batch-size", "32"]
+SMALL = ["--backend", "torch", "--batches", "4", "--batch-size", "32", "--repeats", "2"]
 STEPS = ["1_baseline", "2_reuse_buffers", "3_use_pin_memory", "4_use_fp16", "5_multi_streams",
          "6_multi_threads", "7_cuda_graph", "8_multi_context", "9_multi_profiles"]
 
@@ -38,6 +38,13 @@ def test_step_runs_and_matches_the_reference(workdir, step):
     saved = json.loads((workdir / "reports" / f"{step}.json").read_text())
     assert saved["check"]["passed"] and saved["backend"] == "torch" and "not TensorRT" in saved["backend_label"]
     assert saved["last3_ms"] > 0 and saved["total_ms"] >= saved["last3_ms"]
+    windows = saved["windows_ms_per_batch"]
+    assert len(windows) == 2 and min(windows) <= saved["median_ms_per_batch"] <= max(windows)
+    assert saved["spread_pct"] == pytest.approx((max(windows) - min(windows)) / saved["median_ms_per_batch"] * 100)
+    assert 0 < saved["latency_p50_ms"] <= saved["latency_p99_ms"]
+    assert saved["floor"]["h2d_ms"] > 0 and saved["floor"]["inference_ms"] > 0 and saved["output_ms_per_batch"] > 0
+    assert len(saved["results_done_ms"]) == 8  # 2 windows of 4 batches
+    assert "windows of 4 batches" in result.stdout and "floor (one batch alone" in result.stdout
 
 
 def load_step(step, monkeypatch, workdir, *args):

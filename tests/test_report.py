@@ -59,6 +59,12 @@ def fixture_id(path):
 # Independent computations
 
 
+def timed_batches(database):
+    """Batches in the "all batches" range of a course fixture: its windows times their batches."""
+    result = json.loads(database.with_suffix(".json").read_text())
+    return result["batches"] * result.get("repeats", 1)
+
+
 def independent_window(db, name="last 3 batches"):
     """The last range of that name, found by scanning every NVTX event's text in Python."""
     text_id = "textId" in {row[1] for row in db.execute("PRAGMA table_info(NVTX_EVENTS)")}
@@ -137,7 +143,7 @@ def test_trace_figures_match_independent_computation(database):
 @pytest.mark.parametrize("database", sorted(COURSE_FIXTURES.glob("*.sqlite")), ids=fixture_id)
 def test_run_range_figures_match_independent_computation(database):
     """The summary's figures: over the "all batches" range, divided by the step's batch count."""
-    batches = json.loads(database.with_suffix(".json").read_text())["batches"]
+    batches = timed_batches(database)
     trace = nsys_trace.read_trace(database, nsys_trace.RUN_RANGE)
     figures = nsys_trace.trace_figures(trace, batches)
     db = sqlite3.connect(database)
@@ -196,7 +202,7 @@ def test_probe_traces_show_what_each_technique_changes():
 def course_figures(pattern):
     """Per-batch figures of a course fixture over its "all batches" range, as the summary shows them."""
     database = course_trace(pattern)
-    batches = json.loads(database.with_suffix(".json").read_text())["batches"]
+    batches = timed_batches(database)
     return nsys_trace.trace_figures(nsys_trace.read_trace(database, nsys_trace.RUN_RANGE), batches)
 
 
