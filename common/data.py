@@ -9,7 +9,8 @@ import torchvision
 
 from common.errors import CourseError
 
-IMAGE_SHAPE = (3, 224, 224)
+IMAGE_SHAPE = (3, 224, 224)  # one image as the network takes it: normalized fp32, CHW
+DECODED_SHAPE = (224, 224, 3)  # one image as a decoder produces it: uint8, HWC
 NUM_CLASSES = 1000
 # ImageNet's normalization, so the synthetic images have the statistics the network expects.
 _MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(1, 3, 1, 1)
@@ -61,14 +62,24 @@ def file_digest(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def make_batches(count, batch_size, seed):
-    """`count` batches of synthetic, normalized images in pageable host memory, the same for every step."""
+def make_uint8_batches(count, batch_size, seed):
+    """`count` batches of synthetic images as a decoder produces them (uint8, NHWC), the same for every step."""
     rng = np.random.default_rng(seed)
-    batches = []
-    for _ in range(count):
-        pixels = rng.random((batch_size, *IMAGE_SHAPE), dtype=np.float32)
-        batches.append((pixels - _MEAN) / _STD)
-    return batches
+    return [rng.integers(0, 256, (batch_size, *DECODED_SHAPE), dtype=np.uint8) for _ in range(count)]
+
+
+def normalize(images):
+    """The host's preprocessing: uint8 NHWC images to fp32 NCHW with ImageNet's mean and std, C-contiguous."""
+    pixels = images.transpose(0, 3, 1, 2).astype(np.float32, order="C")
+    pixels /= 255
+    pixels -= _MEAN
+    pixels /= _STD
+    return pixels
+
+
+def make_batches(count, batch_size, seed):
+    """The ladder's batches: the images of `make_uint8_batches`, normalized on the host, in pageable memory."""
+    return [normalize(images) for images in make_uint8_batches(count, batch_size, seed)]
 
 
 @contextlib.contextmanager
@@ -84,8 +95,10 @@ def _without_tf32():
 def reference_logits(weights_path, batches, cache_dir):
     """The fp32 PyTorch outputs for `batches` (a list of arrays), computed once and cached next to the engines.
 
-    TF32 is switched off so the reference is true fp32, the yardstick for every engine precision.
+    uint8 batches are normalized as the ladder's are first, so both kinds of the same images share one
+    reference. TF32 is switched off so the reference is true fp32, the yardstick for every engine precision.
     """
+    batches = [normalize(batch) if batch.dtype == np.uint8 else batch for batch in batches]
     inputs_digest = hashlib.sha256(b"".join(batch[:1].tobytes() for batch in batches)).hexdigest()[:16]
     sizes = [len(batch) for batch in batches]
     key = f"{file_digest(weights_path)}-{inputs_digest}-{len(batches)}x{max(sizes)}"

@@ -42,6 +42,18 @@ def test_onnx_export_matches_pytorch(built, precision, max_rel_err):
     assert (got.argmax(1) == want.argmax(1)).all()
 
 
+def test_ladder_batches_are_the_uint8_images_normalized_on_the_host():
+    images = data.make_uint8_batches(2, 3, seed=5)
+    batches = data.make_batches(2, 3, seed=5)
+    assert images[0].dtype == np.uint8 and images[0].shape == (3, 224, 224, 3)
+    assert batches[0].dtype == np.float32 and batches[0].shape == (3, 3, 224, 224) and batches[0].flags.c_contiguous
+    for uint8, normalized in zip(images, batches):
+        np.testing.assert_array_equal(normalized, data.normalize(uint8))
+        pixel = uint8[:, 10, 20, :] / np.float32(255)  # one pixel of each image, by hand: ImageNet's mean and std
+        want = (pixel - np.float32([0.485, 0.456, 0.406])) / np.float32([0.229, 0.224, 0.225])
+        np.testing.assert_array_equal(normalized[:, :, 10, 20], want)
+
+
 def test_metadata_records_what_the_engine_was_built_from(built):
     metadata = json.loads((built / "engines/resnet18_fp16.torch.pt.json").read_text())
     assert metadata["backend"] == "torch" and metadata["precision"] == "fp16"
