@@ -1,5 +1,6 @@
 """The model's weights, the deterministic input batches, and the PyTorch reference outputs."""
 import contextlib
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -15,6 +16,23 @@ NUM_CLASSES = 1000
 # ImageNet's normalization, so the synthetic images have the statistics the network expects.
 _MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(1, 3, 1, 1)
 _STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(1, 3, 1, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInput:
+    """What an engine's input tensor holds: its element type, its layout and the shape of one image."""
+    dtype: str
+    layout: str
+    shape: tuple
+
+    def __str__(self):
+        return f"{self.dtype} {self.layout}"
+
+
+IMAGE_INPUTS = {
+    "float32": ImageInput("float32", "NCHW", IMAGE_SHAPE),  # the ladder: normalized on the host
+    "uint8": ImageInput("uint8", "NHWC", DECODED_SHAPE),  # as decoded; normalized on the GPU (step 12)
+}
 
 
 def make_weights(source, seed):
@@ -55,6 +73,36 @@ class Fp16Compute(torch.nn.Module):
 
     def forward(self, images):
         return self.model(images.half()).float()
+
+
+class Uint8Preprocessing(torch.nn.Module):
+    """The host's preprocessing moved into the graph: uint8 NHWC images in, `model` on normalized fp32 NCHW.
+
+    The cast comes first: TensorRT takes UINT8 only as a network input or output, converted to float
+    before any other layer (docs/tensorrt-notes.md). The arithmetic is the host's (`normalize`), in fp32,
+    so an engine built from this module sees the images the reference saw.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(_MEAN))
+        self.register_buffer("std", torch.tensor(_STD))
+
+    def forward(self, images):
+        # contiguous(): without it torch.export carries the transposed strides through the network and exports
+        # the final flatten as strided gathers sized by a Shape of the uint8 input, which TensorRT cannot take.
+        pixels = images.float().permute(0, 3, 1, 2).contiguous() / 255
+        return self.model((pixels - self.mean) / self.std)
+
+
+def inference_model(model, precision, input_dtype):
+    """What an engine computes from `model`: the ONNX export and the stand-in both run this module."""
+    if precision == "fp16":
+        model = Fp16Compute(model)
+    if input_dtype == "uint8":
+        model = Uint8Preprocessing(model)
+    return model.eval()
 
 
 def file_digest(path):
