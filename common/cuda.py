@@ -105,6 +105,16 @@ def create_event():
     return check(cudart.cudaEventCreateWithFlags(cudart.cudaEventDisableTiming))
 
 
+def create_timing_event():
+    """An event that can be timed with `elapsed_ms`, for measurements (create_event's cannot)."""
+    return check(cudart.cudaEventCreate())
+
+
+def elapsed_ms(start, end):
+    """GPU time between two recorded, completed timing events."""
+    return check(cudart.cudaEventElapsedTime(start, end))
+
+
 def record(event, stream):
     check(cudart.cudaEventRecord(event, stream))
 

@@ -107,8 +107,11 @@ def check_outputs(outputs, reference, precision):
             "tolerance": tolerance, "summary": summary}
 
 
-def finish(docstring, args, run, timer, outputs):
-    """Check the outputs, print the step's figures, write reports/<step>.json; fail if the check failed."""
+def finish(docstring, args, run, timer, outputs, extra=None):
+    """Check the outputs, print the step's figures, write reports/<step>.json; fail if the check failed.
+
+    `extra`: fields a step beyond the ladder adds to its result (step 12's latency of one batch alone).
+    """
     images = sum(len(run.batches[index]) for index in timer.timed_batches)
     loaded, device = run.loaded, run.device
     batch_starts_ms, results_done_ms = timer.timeline_ms()
@@ -116,7 +119,7 @@ def finish(docstring, args, run, timer, outputs):
     result = {
         **step_record(docstring, loaded, device), "batches": args.batches, "batch_size": args.batch_size, "last3_ms": timer.last3_ms, "total_ms": timer.total_ms,
         "batch_starts_ms": batch_starts_ms, "results_done_ms": results_done_ms,
-        "images_per_s": images / timer.last3_ms * 1e3, "check": check, **run_record(),
+        "images_per_s": images / timer.last3_ms * 1e3, "check": check, **(extra or {}), **run_record(),
     }
     stem = result["stem"]
     save(args.reports, stem, result)
