@@ -5,6 +5,8 @@
    engines/resnet18_weights.pt; every engine and the reference outputs come from that file.
 2. ONNX: exported with a dynamic batch axis, in fp32 or in fp16. The fp16 model casts to fp16 inside the
    graph, so its inputs and outputs stay fp32 and the host code of later steps does not change.
+   With --input uint8 the model takes images as a decoder produces them (uint8, NHWC) and does the cast,
+   the layout change and ImageNet's normalization itself, before ResNet-18: step 12's engine.
 3. The engine: TensorRT builds a strongly typed network (layer precisions come from the ONNX types: the
    only mode TensorRT 11 has) with one optimization profile per --profile, reusing a timing cache.
    With --backend torch it writes the stand-in's engine file instead.
@@ -14,6 +16,7 @@ Examples:
   python 0_build.py                                   # engines/resnet18_fp32, batch 1..128
   python 0_build.py --precision fp16                  # engines/resnet18_fp16
   python 0_build.py --precision fp16 --profile 1:16:32 --profile 64:128:128 --name resnet18_fp16_2profiles
+  python 0_build.py --precision fp16 --input uint8    # engines/resnet18_fp16_uint8 (step 12)
 """
 import argparse
 import json
@@ -32,7 +35,11 @@ def parse_args():
     parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
     parser.add_argument("--profile", type=build.parse_profile, action="append", metavar="MIN:OPT:MAX",
                         help="an optimization profile's batch sizes; repeat for several (default 1:128:128)")
-    parser.add_argument("--name", help="engine name under engines/ (default resnet18_<precision>)")
+    parser.add_argument("--input", choices=list(data.IMAGE_INPUTS), default="float32",
+                        help="float32: normalized NCHW images, as the ladder sends them (default); uint8: NHWC "
+                             "images as decoded, normalized inside the engine (step 12)")
+    parser.add_argument("--name", help="engine name under engines/ (default resnet18_<precision>, "
+                                       "with _uint8 after it for --input uint8)")
     parser.add_argument("--weights", choices=["seed", "imagenet"], default="seed",
                         help="deterministic random weights (default) or torchvision's ImageNet weights")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
@@ -53,14 +60,15 @@ def ensure_weights(source, seed):
     recorded.write_text(json.dumps(wanted) + "\n")
 
 
-def is_up_to_date(path, backend, precision, profiles, device):
+def is_up_to_date(path, backend, precision, profiles, device, input_dtype):
     metadata_file = build.metadata_path(path)
     if not (path.exists() and metadata_file.exists()):
         return False
     metadata = json.loads(metadata_file.read_text())
     built_for = (metadata.get("format"), metadata.get("backend"), metadata.get("precision"),
-                 [tuple(profile) for profile in metadata.get("profiles", [])], metadata.get("weights_digest"))
-    wanted = (build.METADATA_FORMAT, backend, precision, profiles, data.file_digest(build.WEIGHTS_PATH))
+                 [tuple(profile) for profile in metadata.get("profiles", [])], metadata.get("weights_digest"),
+                 build.engine_input(metadata).dtype)
+    wanted = (build.METADATA_FORMAT, backend, precision, profiles, data.file_digest(build.WEIGHTS_PATH), input_dtype)
     if backend == "tensorrt":
         import tensorrt as trt
         built_for += (metadata.get("tensorrt_version"), metadata.get("compute_capability"))
@@ -72,16 +80,17 @@ def main():
     args = parse_args()
     backend = engines.resolve_backend(args.backend)
     profiles = args.profile or [DEFAULT_PROFILE]
-    name = args.name or f"resnet18_{args.precision}"
+    name = args.name or build.default_name(args.precision, args.input)
     # TensorRT builds for the GPU it runs on; the stand-in's file is only weights and needs no GPU.
     device = cuda.require_gpu() if backend == "tensorrt" else None
     ensure_weights(args.weights, args.seed)
     path = build.engine_path(name, backend)
-    if not args.force and is_up_to_date(path, backend, args.precision, profiles, device):
-        print(f"{path} is up to date ({args.precision}, profiles {build.format_profiles(profiles)}); --force rebuilds it")
+    if not args.force and is_up_to_date(path, backend, args.precision, profiles, device, args.input):
+        print(f"{path} is up to date ({args.precision}, {data.IMAGE_INPUTS[args.input]} input, "
+              f"profiles {build.format_profiles(profiles)}); --force rebuilds it")
         return
     build.build_engine(name, backend, args.precision, profiles, build.WEIGHTS_PATH,
-                       workspace_mib=args.workspace_mib, verbose=args.verbose, device=device)
+                       workspace_mib=args.workspace_mib, verbose=args.verbose, device=device, input_dtype=args.input)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,18 @@ def engine_path(name, backend):
     return ENGINE_DIR / (f"{name}.plan" if backend == "tensorrt" else f"{name}.torch.pt")
 
 
+def default_name(precision, input_dtype):
+    """0_build.py's engine name: resnet18_fp16, or resnet18_fp16_uint8 for the engine that takes uint8 images."""
+    return f"resnet18_{precision}" + ("_uint8" if input_dtype == "uint8" else "")
+
+
 def metadata_path(engine_file):
     return Path(f"{engine_file}.json")
+
+
+def engine_input(metadata):
+    """The input an engine takes, from its metadata; engines written before it was recorded all take float32."""
+    return data.IMAGE_INPUTS[metadata.get("input_dtype", "float32")]
 
 
 def save_weights(source, seed, path=WEIGHTS_PATH):
@@ -39,12 +49,11 @@ def save_weights(source, seed, path=WEIGHTS_PATH):
     return path
 
 
-def export_onnx(weights_path, precision, onnx_path, max_batch):
+def export_onnx(weights_path, precision, input_dtype, onnx_path, max_batch):
     """Export ResNet-18 with a dynamic batch axis (1..max_batch) through torch.export (the dynamo exporter)."""
-    model = data.load_model(weights_path)
-    if precision == "fp16":
-        model = data.Fp16Compute(model).eval()
-    example = torch.zeros(2, *data.IMAGE_SHAPE)
+    model = data.inference_model(data.load_model(weights_path), precision, input_dtype)
+    image_input = data.IMAGE_INPUTS[input_dtype]
+    example = torch.zeros(2, *image_input.shape, dtype=getattr(torch, image_input.dtype))
     batch = torch.export.Dim("batch", min=1, max=max_batch)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(model, (example,), onnx_path, dynamo=True, opset_version=ONNX_OPSET,
@@ -53,10 +62,12 @@ def export_onnx(weights_path, precision, onnx_path, max_batch):
     return onnx_path
 
 
-def build_tensorrt(onnx_path, profiles, workspace_mib, verbose, compute_capability):
+def build_tensorrt(onnx_path, image_shape, profiles, workspace_mib, verbose, compute_capability):
     """Build a serialized TensorRT engine from the ONNX file: strongly typed, one optimization profile per range.
 
-    Returns the plan's bytes. The timing cache (kernel timings from earlier builds) makes rebuilds fast.
+    The input's type is the ONNX file's (a strongly typed network takes it from there; a uint8 input needs
+    nothing more), and `image_shape` is one image's shape in its layout. Returns the plan's bytes. The
+    timing cache (kernel timings from earlier builds) makes rebuilds fast.
     """
     import tensorrt as trt
 
@@ -78,7 +89,7 @@ def build_tensorrt(onnx_path, profiles, workspace_mib, verbose, compute_capabili
         raise CourseError(f"TensorRT refused the timing cache {cache_path}: delete it and build again")
     for low, opt, high in profiles:
         profile = builder.create_optimization_profile()
-        profile.set_shape(INPUT_NAME, (low, *data.IMAGE_SHAPE), (opt, *data.IMAGE_SHAPE), (high, *data.IMAGE_SHAPE))
+        profile.set_shape(INPUT_NAME, (low, *image_shape), (opt, *image_shape), (high, *image_shape))
         config.add_optimization_profile(profile)
 
     serialized_engine = builder.build_serialized_network(network, config)
@@ -89,18 +100,19 @@ def build_tensorrt(onnx_path, profiles, workspace_mib, verbose, compute_capabili
 
 
 def build_engine(name, backend, precision, profiles, weights_path, workspace_mib=4096, verbose=False,
-                 device=None):
+                 device=None, input_dtype="float32"):
     """Export, build and save one engine with its metadata; returns the engine file's path."""
     started = time.perf_counter()
     target = engine_path(name, backend)
     target.parent.mkdir(parents=True, exist_ok=True)
     onnx_path = ENGINE_DIR / f"{name}.onnx"  # per engine: its batch range is part of the export
     max_batch = max(high for _, _, high in profiles)
-    print(f"exporting {onnx_path} (ResNet-18, {precision}, batch 1..{max_batch}) ...")
-    export_onnx(weights_path, precision, onnx_path, max_batch)
+    image_input = data.IMAGE_INPUTS[input_dtype]
+    print(f"exporting {onnx_path} (ResNet-18, {precision}, {image_input} input, batch 1..{max_batch}) ...")
+    export_onnx(weights_path, precision, input_dtype, onnx_path, max_batch)
     if backend == "tensorrt":
         print(f"building {target} with TensorRT: profiles {format_profiles(profiles)} ...")
-        target.write_bytes(build_tensorrt(onnx_path, profiles, workspace_mib, verbose, device[1]))
+        target.write_bytes(build_tensorrt(onnx_path, image_input.shape, profiles, workspace_mib, verbose, device[1]))
         import tensorrt as trt
         tensorrt_version = trt.__version__
     else:
@@ -110,6 +122,7 @@ def build_engine(name, backend, precision, profiles, weights_path, workspace_mib
     metadata = {
         "format": METADATA_FORMAT, "model": "resnet18", "backend": backend, "precision": precision,
         "profiles": [list(profile) for profile in profiles], "input": INPUT_NAME, "output": OUTPUT_NAME,
+        "input_dtype": image_input.dtype, "input_layout": image_input.layout,
         "weights_digest": data.file_digest(weights_path), "onnx": str(onnx_path),
         "tensorrt_version": tensorrt_version, "torch_version": torch.__version__,
         "device": device[0] if device else None, "compute_capability": device[1] if device else None,

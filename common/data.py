@@ -1,5 +1,6 @@
 """The model's weights, the deterministic input batches, and the PyTorch reference outputs."""
 import contextlib
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -9,11 +10,29 @@ import torchvision
 
 from common.errors import CourseError
 
-IMAGE_SHAPE = (3, 224, 224)
+IMAGE_SHAPE = (3, 224, 224)  # one image as the network takes it: normalized fp32, CHW
+DECODED_SHAPE = (224, 224, 3)  # one image as a decoder produces it: uint8, HWC
 NUM_CLASSES = 1000
 # ImageNet's normalization, so the synthetic images have the statistics the network expects.
 _MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(1, 3, 1, 1)
 _STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(1, 3, 1, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInput:
+    """What an engine's input tensor holds: its element type, its layout and the shape of one image."""
+    dtype: str
+    layout: str
+    shape: tuple
+
+    def __str__(self):
+        return f"{self.dtype} {self.layout}"
+
+
+IMAGE_INPUTS = {
+    "float32": ImageInput("float32", "NCHW", IMAGE_SHAPE),  # the ladder: normalized on the host
+    "uint8": ImageInput("uint8", "NHWC", DECODED_SHAPE),  # as decoded; normalized on the GPU (step 12)
+}
 
 
 def make_weights(source, seed):
@@ -56,19 +75,59 @@ class Fp16Compute(torch.nn.Module):
         return self.model(images.half()).float()
 
 
+class Uint8Preprocessing(torch.nn.Module):
+    """The host's preprocessing moved into the graph: uint8 NHWC images in, `model` on normalized fp32 NCHW.
+
+    The cast comes first: TensorRT takes UINT8 only as a network input or output, converted to float
+    before any other layer (docs/tensorrt-notes.md). The arithmetic is the host's (`normalize`), in fp32,
+    so an engine built from this module sees the images the reference saw.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(_MEAN))
+        self.register_buffer("std", torch.tensor(_STD))
+
+    def forward(self, images):
+        # contiguous(): without it torch.export carries the transposed strides through the network and exports
+        # the final flatten as strided gathers sized by a Shape of the uint8 input, which TensorRT cannot take.
+        pixels = images.float().permute(0, 3, 1, 2).contiguous() / 255
+        return self.model((pixels - self.mean) / self.std)
+
+
+def inference_model(model, precision, input_dtype):
+    """What an engine computes from `model`: the ONNX export and the stand-in both run this module."""
+    if precision == "fp16":
+        model = Fp16Compute(model)
+    if input_dtype == "uint8":
+        model = Uint8Preprocessing(model)
+    return model.eval()
+
+
 def file_digest(path):
     """A short content hash: ties engines and cached references to the weights they came from."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def make_batches(count, batch_size, seed):
-    """`count` batches of synthetic, normalized images in pageable host memory, the same for every step."""
+def make_uint8_batches(count, batch_size, seed):
+    """`count` batches of synthetic images as a decoder produces them (uint8, NHWC), the same for every step."""
     rng = np.random.default_rng(seed)
-    batches = []
-    for _ in range(count):
-        pixels = rng.random((batch_size, *IMAGE_SHAPE), dtype=np.float32)
-        batches.append((pixels - _MEAN) / _STD)
-    return batches
+    return [rng.integers(0, 256, (batch_size, *DECODED_SHAPE), dtype=np.uint8) for _ in range(count)]
+
+
+def normalize(images):
+    """The host's preprocessing: uint8 NHWC images to fp32 NCHW with ImageNet's mean and std, C-contiguous."""
+    pixels = images.transpose(0, 3, 1, 2).astype(np.float32, order="C")
+    pixels /= 255
+    pixels -= _MEAN
+    pixels /= _STD
+    return pixels
+
+
+def make_batches(count, batch_size, seed):
+    """The ladder's batches: the images of `make_uint8_batches`, normalized on the host, in pageable memory."""
+    return [normalize(images) for images in make_uint8_batches(count, batch_size, seed)]
 
 
 @contextlib.contextmanager
@@ -84,8 +143,10 @@ def _without_tf32():
 def reference_logits(weights_path, batches, cache_dir):
     """The fp32 PyTorch outputs for `batches` (a list of arrays), computed once and cached next to the engines.
 
-    TF32 is switched off so the reference is true fp32, the yardstick for every engine precision.
+    uint8 batches are normalized as the ladder's are first, so both kinds of the same images share one
+    reference. TF32 is switched off so the reference is true fp32, the yardstick for every engine precision.
     """
+    batches = [normalize(batch) if batch.dtype == np.uint8 else batch for batch in batches]
     inputs_digest = hashlib.sha256(b"".join(batch[:1].tobytes() for batch in batches)).hexdigest()[:16]
     sizes = [len(batch) for batch in batches]
     key = f"{file_digest(weights_path)}-{inputs_digest}-{len(batches)}x{max(sizes)}"

@@ -93,17 +93,18 @@ class LoadedEngine:
                           "with 0_build.py --profile MIN:OPT:MAX")
 
 
-def load(backend, path, precision, device):
-    """Load and check an engine file; `device` is (name, compute capability) of this GPU."""
+def load(backend, path, precision, device, input_dtype="float32"):
+    """Load and check an engine file; `device` is (name, compute capability) of this GPU, `input_dtype` what
+    the step sends: float32 (normalized NCHW images, the ladder) or uint8 (NHWC images as decoded)."""
     path = Path(path)
     metadata = _read_metadata(path)
-    _check_metadata(metadata, path, backend, precision, device)
+    _check_metadata(metadata, path, backend, precision, device, input_dtype)
     if backend == "tensorrt":
         engine, runtime = _deserialize_tensorrt(path)
         nptype = _tensorrt_nptype
     else:
         from common import torch_engine
-        engine = torch_engine.load_torch_engine(path, precision, metadata["profiles"])
+        engine = torch_engine.load_torch_engine(path, precision, metadata["profiles"], build.engine_input(metadata))
         runtime, nptype = None, torch_engine.nptype
     specs = _describe_io(engine, nptype)
     return LoadedEngine(engine, metadata, path, backend, specs["input"], specs["output"], runtime)
@@ -121,7 +122,7 @@ def _read_metadata(path):
         raise CourseError(f"{metadata_file} is not valid JSON ({error}): rebuild the engine with 0_build.py") from None
 
 
-def _check_metadata(metadata, path, backend, precision, device):
+def _check_metadata(metadata, path, backend, precision, device, input_dtype):
     """Each mismatch that would crash or give a silently wrong answer becomes a one-line error."""
     rebuild = "rebuild it with `make build` or 0_build.py"
     if metadata.get("format") != build.METADATA_FORMAT:
@@ -132,6 +133,11 @@ def _check_metadata(metadata, path, backend, precision, device):
     if metadata["precision"] != precision:
         raise CourseError(f"this step needs an {precision} engine but {path} is {metadata['precision']}: "
                           f"pass the {precision} engine or {rebuild}")
+    engine_input, step_input = build.engine_input(metadata), data.IMAGE_INPUTS[input_dtype]
+    if engine_input != step_input:
+        raise CourseError(f"{path} takes {engine_input} images but this step sends {step_input}: pass an engine "
+                          f"built with `python 0_build.py --precision {precision} --input {input_dtype}` "
+                          f"(named {build.default_name(precision, input_dtype)} by default)")
     if backend == "tensorrt":
         import tensorrt as trt
         if metadata["tensorrt_version"] != trt.__version__:

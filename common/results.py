@@ -144,15 +144,15 @@ def check_outputs(outputs, reference, precision):
             "tolerance": tolerance, "summary": summary}
 
 
-def finish(docstring, args, run, timer, outputs):
+def finish(docstring, args, run, timer, outputs, extra=None):
     """Check the outputs, measure the floor, print the step's figures, write reports/<step>.json; fail if the
-    check failed."""
+    check failed. `extra`: fields a step beyond the ladder adds to its result (step 12's latency side)."""
     loaded, device = run.loaded, run.device
     check = check_outputs(outputs, run.reference, loaded.metadata["precision"])
     result = {**step_record(docstring, loaded, device), "batches": args.batches, "repeats": args.repeats,
               "batch_size": args.batch_size, **timings(timer, run),
               "output_ms_per_batch": output_cost_ms(outputs[-1]), "floor": floor.measure(run, args.batch_size),
-              "check": check, **run_record()}
+              "check": check, **(extra or {}), **run_record()}
     save(args.reports, result["stem"], result)
     print_result(result, timer)
     if not check["passed"]:

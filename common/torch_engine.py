@@ -34,6 +34,7 @@ class DataType(enum.Enum):
     """Mirrors the members of `tensorrt.DataType` that the course uses."""
     FLOAT = np.float32
     HALF = np.float16
+    UINT8 = np.uint8
 
 
 def nptype(dtype):
@@ -54,9 +55,10 @@ class _CudaArray:
 class TorchEngine:
     """Mirrors `tensorrt.ICudaEngine`: I/O description, profiles, and a factory for execution contexts."""
 
-    def __init__(self, model, profiles, input_name="input", output_name="logits"):
+    def __init__(self, model, profiles, image_input, input_name="input", output_name="logits"):
         self._model = model
         self._profiles = [tuple(profile) for profile in profiles]
+        self._image_input = image_input  # the ladder's normalized fp32 NCHW, or step 12's uint8 NHWC
         self._names = (input_name, output_name)
 
     @property
@@ -70,10 +72,10 @@ class TorchEngine:
         return TensorIOMode.INPUT if name == self._names[0] else TensorIOMode.OUTPUT
 
     def get_tensor_shape(self, name):
-        return (-1, 3, 224, 224) if name == self._names[0] else (-1, 1000)
+        return (-1, *self._image_input.shape) if name == self._names[0] else (-1, data.NUM_CLASSES)
 
     def get_tensor_dtype(self, name):
-        return DataType.FLOAT
+        return DataType(np.dtype(self._image_input.dtype).type) if name == self._names[0] else DataType.FLOAT
 
     @property
     def num_optimization_profiles(self):
@@ -88,13 +90,13 @@ class TorchEngine:
         return TorchExecutionContext(self)
 
 
-def load_torch_engine(weights_path, precision, profiles):
-    """The stand-in's "deserialization": the model's weights on the GPU, in the engine's precision."""
-    model = data.load_model(weights_path).cuda()
+def load_torch_engine(weights_path, precision, profiles, image_input):
+    """The stand-in's "deserialization": the module the ONNX export runs (data.inference_model), on the GPU."""
+    model = data.inference_model(data.load_model(weights_path), precision, image_input.dtype).cuda()
     if precision == "fp16":
         # channels-last lets cuDNN pick tensor-core kernels without layout transposes, as TensorRT would.
-        model = data.Fp16Compute(model.to(memory_format=torch.channels_last))
-    return TorchEngine(model.eval(), profiles)
+        model = model.to(memory_format=torch.channels_last)
+    return TorchEngine(model, profiles, image_input)
 
 
 class TorchExecutionContext:
@@ -161,5 +163,6 @@ class TorchExecutionContext:
         """A tensor over the bound address, cached so that each enqueue reuses the same view."""
         key = (name, self._addresses[name], self.get_tensor_shape(name))
         if key not in self._views:
-            self._views[key] = torch.as_tensor(_CudaArray(key[1], key[2], np.float32), device="cuda")
+            dtype = nptype(self._engine.get_tensor_dtype(name))
+            self._views[key] = torch.as_tensor(_CudaArray(key[1], key[2], dtype), device="cuda")
         return self._views[key]

@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import onnx
 import onnxruntime
 import pytest
 import torch
@@ -13,10 +14,11 @@ from conftest import run_script
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """The stand-in's fp32 and fp16 engines, built by 0_build.py in a scratch directory (no GPU needed)."""
+    """The stand-in's fp32 and fp16 engines and step 12's uint8-input fp16 engine, built by 0_build.py in a
+    scratch directory (no GPU needed)."""
     workdir = tmp_path_factory.mktemp("course")
-    for precision in ("fp32", "fp16"):
-        result = run_script("0_build.py", "--backend", "torch", "--precision", precision, cwd=workdir)
+    for args in (["--precision", "fp32"], ["--precision", "fp16"], ["--precision", "fp16", "--input", "uint8"]):
+        result = run_script("0_build.py", "--backend", "torch", *args, cwd=workdir)
         assert result.returncode == 0, result.stderr
     return workdir
 
@@ -42,16 +44,53 @@ def test_onnx_export_matches_pytorch(built, precision, max_rel_err):
     assert (got.argmax(1) == want.argmax(1)).all()
 
 
+def test_uint8_export_takes_decoded_images_and_matches_pytorch(built):
+    """Step 12's model: uint8 NHWC in, the host's normalization inside, fp16 compute, fp32 logits."""
+    images = data.make_uint8_batches(1, 3, seed=1)[0]
+    want = torch_logits(built / build.WEIGHTS_PATH, data.normalize(images))
+    path = built / build.ENGINE_DIR / "resnet18_fp16_uint8.onnx"
+    got = onnx_logits(path, images)
+    assert got.shape == want.shape == (3, 1000) and got.dtype == np.float32
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 5e-3
+    assert (got.argmax(1) == want.argmax(1)).all()
+    graph = onnx.load(path).graph
+    shape = [dim.dim_param or dim.dim_value for dim in graph.input[0].type.tensor_type.shape.dim]
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8 and shape == ["batch", 224, 224, 3]
+    # TensorRT takes UINT8 only as network I/O: the input's one consumer must be a cast to float
+    consumers = [node for node in graph.node if build.INPUT_NAME in node.input]
+    assert [node.op_type for node in consumers] == ["Cast"]
+    assert consumers[0].attribute[0].i == onnx.TensorProto.FLOAT
+
+
+def test_ladder_batches_are_the_uint8_images_normalized_on_the_host():
+    images = data.make_uint8_batches(2, 3, seed=5)
+    batches = data.make_batches(2, 3, seed=5)
+    assert images[0].dtype == np.uint8 and images[0].shape == (3, 224, 224, 3)
+    assert batches[0].dtype == np.float32 and batches[0].shape == (3, 3, 224, 224) and batches[0].flags.c_contiguous
+    for uint8, normalized in zip(images, batches):
+        np.testing.assert_array_equal(normalized, data.normalize(uint8))
+        pixel = uint8[:, 10, 20, :] / np.float32(255)  # one pixel of each image, by hand: ImageNet's mean and std
+        want = (pixel - np.float32([0.485, 0.456, 0.406])) / np.float32([0.229, 0.224, 0.225])
+        np.testing.assert_array_equal(normalized[:, :, 10, 20], want)
+    # what the uint8 engine does on the GPU, in PyTorch on the CPU: the same numbers as the host's
+    on_device = data.Uint8Preprocessing(torch.nn.Identity())(torch.from_numpy(images[0])).numpy()
+    np.testing.assert_array_equal(on_device, batches[0])
+
+
 def test_metadata_records_what_the_engine_was_built_from(built):
     metadata = json.loads((built / "engines/resnet18_fp16.torch.pt.json").read_text())
     assert metadata["backend"] == "torch" and metadata["precision"] == "fp16"
     assert metadata["profiles"] == [[1, 128, 128]]
     assert metadata["tensorrt_version"] is None
     assert metadata["weights_digest"] == data.file_digest(built / build.WEIGHTS_PATH)
+    assert (metadata["input_dtype"], metadata["input_layout"]) == ("float32", "NCHW")
+    uint8 = json.loads((built / "engines/resnet18_fp16_uint8.torch.pt.json").read_text())
+    assert (uint8["input_dtype"], uint8["input_layout"], uint8["precision"]) == ("uint8", "NHWC", "fp16")
 
 
-def test_second_build_is_skipped_when_up_to_date(built):
-    result = run_script("0_build.py", "--backend", "torch", "--precision", "fp16", cwd=built)
+@pytest.mark.parametrize("args", [[], ["--input", "uint8"]])
+def test_second_build_is_skipped_when_up_to_date(built, args):
+    result = run_script("0_build.py", "--backend", "torch", "--precision", "fp16", *args, cwd=built)
     assert result.returncode == 0 and "is up to date" in result.stdout
 
 
@@ -61,10 +100,10 @@ def test_bad_profile_is_one_line(built, profile, message):
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
-def check(built, monkeypatch, path, backend="torch", precision="fp16", device=("GPU", "9.0")):
+def check(built, monkeypatch, path, backend="torch", precision="fp16", device=("GPU", "9.0"), input_dtype="float32"):
     monkeypatch.chdir(built)
     metadata = engine._read_metadata(build.engine_path("resnet18_fp16", "torch") if path is None else path)
-    engine._check_metadata(metadata, path, backend, precision, device)
+    engine._check_metadata(metadata, path, backend, precision, device, input_dtype)
 
 
 def test_matching_engine_passes_the_checks(built, monkeypatch):
@@ -78,6 +117,47 @@ def test_matching_engine_passes_the_checks(built, monkeypatch):
 def test_mismatched_engine_is_a_clear_error(built, monkeypatch, change, message):
     with pytest.raises(CourseError, match=message):
         check(built, monkeypatch, build.engine_path("resnet18_fp16", "torch"), **change)
+
+
+@pytest.mark.parametrize("name, input_dtype, message", [
+    ("resnet18_fp16", "uint8", "resnet18_fp16.torch.pt takes float32 NCHW images but this step sends uint8 NHWC: "
+     "pass an engine built with `python 0_build.py --precision fp16 --input uint8` (named resnet18_fp16_uint8"),
+    ("resnet18_fp16_uint8", "float32", "resnet18_fp16_uint8.torch.pt takes uint8 NHWC images but this step sends "
+     "float32 NCHW: pass an engine built with `python 0_build.py --precision fp16 --input float32`"),
+])
+def test_engine_with_the_wrong_input_type_is_refused_before_loading(built, monkeypatch, name, input_dtype, message):
+    """engine.load checks the metadata before it touches the GPU: on a CPU the stand-in is never loaded."""
+    monkeypatch.chdir(built)
+    with pytest.raises(CourseError) as refused:
+        engine.load("torch", build.engine_path(name, "torch"), "fp16", ("GPU", "9.0"), input_dtype)
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_engine_from_before_input_types_were_recorded_takes_float32(built, monkeypatch, tmp_path):
+    old = tmp_path / "old.torch.pt"
+    old.write_bytes(b"")
+    metadata = json.loads((built / "engines/resnet18_fp16.torch.pt.json").read_text())
+    del metadata["input_dtype"], metadata["input_layout"]
+    build.metadata_path(old).write_text(json.dumps(metadata))
+    check(built, monkeypatch, old)
+    with pytest.raises(CourseError, match="takes float32 NCHW images"):
+        check(built, monkeypatch, old, input_dtype="uint8")
+
+
+def test_standin_reports_a_uint8_nhwc_input_as_tensorrt_would():
+    """The stand-in's engine description, on the CPU: no model is needed to describe the I/O tensors."""
+    from common import torch_engine
+    standin = torch_engine.TorchEngine(None, [(1, 64, 128)], data.IMAGE_INPUTS["uint8"])
+    assert standin.get_tensor_dtype("input") is torch_engine.DataType.UINT8
+    assert standin.get_tensor_dtype("logits") is torch_engine.DataType.FLOAT
+    assert standin.get_tensor_shape("input") == (-1, 224, 224, 3)
+    assert standin.get_tensor_profile_shape("input", 0) == [(1, 224, 224, 3), (64, 224, 224, 3), (128, 224, 224, 3)]
+    specs = engine._describe_io(standin, torch_engine.nptype)
+    assert specs["input"].dtype == np.uint8 and specs["input"].nbytes(128) == 128 * 224 * 224 * 3
+    assert specs["output"].dtype == np.float32 and specs["output"].shape == (-1, 1000)
+    ladder = torch_engine.TorchEngine(None, [(1, 128, 128)], data.IMAGE_INPUTS["float32"])
+    assert ladder.get_tensor_dtype("input") is torch_engine.DataType.FLOAT
+    assert ladder.get_tensor_shape("input") == (-1, 3, 224, 224)
 
 
 def test_engine_from_other_weights_is_refused(built, monkeypatch, tmp_path):

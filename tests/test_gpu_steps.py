@@ -24,7 +24,7 @@ def workdir(tmp_path_factory):
     path = tmp_path_factory.mktemp("gpu")
     for extra in (["--precision", "fp32"], ["--precision", "fp16"],
                   ["--precision", "fp16", "--profile", "1:16:32", "--profile", "33:128:128",
-                   "--name", "resnet18_fp16_2profiles"]):
+                   "--name", "resnet18_fp16_2profiles"], ["--precision", "fp16", "--input", "uint8"]):
         result = run_script("0_build.py", "--backend", "torch", *extra, cwd=path)
         assert result.returncode == 0, result.stderr
     return path
@@ -80,14 +80,15 @@ def test_device_allocations_per_batch(workdir, monkeypatch, step, per_batch):
     assert (counts[1] > counts[0]) == per_batch, counts
 
 
-def test_standin_allocates_nothing_after_first_enqueue_of_a_shape(workdir, monkeypatch):
+@pytest.mark.parametrize("name, input_dtype", [("resnet18_fp16", "float32"), ("resnet18_fp16_uint8", "uint8")])
+def test_standin_allocates_nothing_after_first_enqueue_of_a_shape(workdir, monkeypatch, name, input_dtype):
     import torch
     from common import cuda, engine
     monkeypatch.chdir(workdir)
-    loaded = engine.load("torch", "engines/resnet18_fp16.torch.pt", "fp16", cuda.require_gpu())
+    loaded = engine.load("torch", f"engines/{name}.torch.pt", "fp16", cuda.require_gpu(), input_dtype)
     context, stream = loaded.engine.create_execution_context(), cuda.create_stream()
     images, logits = cuda.malloc(loaded.input.nbytes(32)), cuda.malloc(loaded.output.nbytes(32))
-    context.set_input_shape("input", (32, 3, 224, 224))
+    context.set_input_shape("input", loaded.input.shape_for(32))
     context.set_tensor_address("input", images)
     context.set_tensor_address("logits", logits)
     assert context.execute_async_v3(stream)
@@ -97,7 +98,7 @@ def test_standin_allocates_nothing_after_first_enqueue_of_a_shape(workdir, monke
         assert context.execute_async_v3(stream)
     cuda.synchronize(stream)
     assert torch.cuda.memory_stats()["segment.all.allocated"] == segments
-    assert not context.set_input_shape("input", (200, 3, 224, 224))  # outside the profile, as TensorRT refuses
+    assert not context.set_input_shape("input", loaded.input.shape_for(200))  # outside the profile, as TensorRT refuses
 
 
 @pytest.mark.parametrize("step, pinned", [("2_reuse_buffers", False), ("3_use_pin_memory", True)])
@@ -226,3 +227,56 @@ def test_step9_routes_batches_to_their_profiles_and_refuses_others(workdir):
     refused = run_script("9_multi_profiles.py", *SMALL, "--batch-size", "200", cwd=workdir)
     assert refused.returncode == 1 and "batch size 200 is outside every profile" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+LADDER_FIELDS = {"step", "stem", "title", "lesson", "backend", "backend_label", "engine", "precision", "device",
+                 "batches", "batch_size", "last3_ms", "total_ms", "batch_starts_ms", "results_done_ms",
+                 "images_per_s", "check", "under_nsys", "command", "date", "versions"}
+
+
+def test_step12_runs_step8s_pipeline_on_uint8_batches(workdir, monkeypatch):
+    """Step 12 end to end: uint8 copies through step 8's two contexts, outputs checked, the ladder's JSON
+    fields, and the latency side for both engines with the uint8 copy the shorter."""
+    import threading
+    module = load_step("12_gpu_preprocessing", monkeypatch, workdir, "--batches", "6")
+    copies, threads = [], set()
+    original_copy, original_infer = module.step8.copy_in, module.step8.infer
+
+    def recorded_copy(stream, slot, images):
+        copies.append((images.dtype, images.shape))
+        return original_copy(stream, slot, images)
+
+    def recorded_infer(*args):
+        threads.add(threading.current_thread().name)
+        return original_infer(*args)
+    monkeypatch.setattr(module.step8, "copy_in", recorded_copy)
+    monkeypatch.setattr(module.step8, "infer", recorded_infer)
+    module.main()
+    timed = copies[:2 * 2 + 6]  # the two pipelines' warm-ups (2 copies each), then the 6 batches
+    assert all(dtype == np.uint8 and shape == (32, 224, 224, 3) for dtype, shape in timed), timed
+    assert len({name for name in threads if name.startswith("context")}) == 2, threads
+
+    saved = json.loads((workdir / "reports" / "12_gpu_preprocessing.json").read_text())
+    assert LADDER_FIELDS <= saved.keys() and saved["step"] == 12 and saved["builds_on"] == "8_multi_context"
+    assert saved["check"]["passed"] and saved["check"]["tolerance"]["max_rel_err"] == 2e-2  # FP16's
+    assert saved["engine"] == "engines/resnet18_fp16_uint8.torch.pt" and "not TensorRT" in saved["backend_label"]
+    rows = saved["latency_alone"]["rows"]
+    assert [(row["batch_size"], row["input"]) for row in rows] == [
+        (size, dtype) for size in (1, 8, 32) for dtype in ("float32", "uint8")]
+    assert all(row["check"]["passed"] and 0 < row["h2d_ms"] < row["latency_ms"] for row in rows), rows
+    h2d_at_32 = {row["input"]: row["h2d_ms"] for row in rows if row["batch_size"] == 32}
+    assert h2d_at_32["uint8"] < h2d_at_32["float32"], h2d_at_32
+
+
+@pytest.mark.parametrize("step, args, message", [
+    ("12_gpu_preprocessing", ["--engine", "engines/resnet18_fp16.torch.pt"],
+     "resnet18_fp16.torch.pt takes float32 NCHW images but this step sends uint8 NHWC"),
+    ("12_gpu_preprocessing", ["--fp32-input-engine", "engines/resnet18_fp16_uint8.torch.pt"],
+     "resnet18_fp16_uint8.torch.pt takes uint8 NHWC images but this step sends float32 NCHW"),
+    ("8_multi_context", ["--engine", "engines/resnet18_fp16_uint8.torch.pt"],
+     "resnet18_fp16_uint8.torch.pt takes uint8 NHWC images but this step sends float32 NCHW"),
+])
+def test_engine_with_the_wrong_input_type_is_refused_in_one_line(workdir, step, args, message):
+    result = run_script(f"{step}.py", *SMALL, *args, cwd=workdir)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert message in result.stderr.strip().splitlines()[-1], result.stderr

@@ -354,3 +354,13 @@ def test_course_uses_tensorrt_names():
 def test_course_uses_only_names_in_every_supported_version():
     problems = find_problems(collect_course_uses(), load_surfaces())
     assert not problems, describe(problems)
+
+
+def test_torch_standin_enum_members_are_tensorrt_names():
+    """The stand-in's DataType and TensorIOMode mirror TensorRT's enums member by member (UINT8: step 12)."""
+    from common import torch_engine
+    surfaces = load_surfaces()
+    for enum in (torch_engine.DataType, torch_engine.TensorIOMode):
+        for member in enum.__members__:
+            missing = [version for version, surface in surfaces.items() if member not in surface]
+            assert not missing, f"{enum.__name__}.{member} is missing from TensorRT {', '.join(missing)}"
