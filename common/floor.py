@@ -1,15 +1,19 @@
-"""The floor of a step: the GPU time of one batch's H2D copy from pinned memory and of its inference, each alone.
+"""The floor of a step: the GPU time per batch of H2D copies from pinned memory, and of inferences, each on its own.
 
-No pipeline produces batches faster than the larger of the two: with the copy and the inference
-overlapped on two streams (step 5 on), the larger one is the wall the later lessons approach. Each step
-measures it once, after its timed run, on an execution context of its own: CUDA events around the work
-on one stream, after a warm-up, median of a few runs.
+A pipeline on one stream of each kind produces batches no faster than the larger of the two: with the copy
+and the inference overlapped on two streams (step 5 on), the larger one is the wall the later lessons
+approach. (Two contexts, steps 8 and 12, run two inferences at once and can go below it.) Each step
+measures it once, after its timed run, on an execution context of its own: CUDA events around a few
+batches queued back to back on one stream, so that the GPU never waits for the host between them (one
+inference timed alone would also time the host's kernel launches), after a warm-up; the median of a few
+such rounds, divided by the batches in a round.
 """
 from common import cuda, nvtx, stats
 from common.errors import CourseError
 
 WARM_UP_RUNS = 2
-TIMED_RUNS = 10
+ROUNDS = 5
+BATCHES_PER_ROUND = 5
 
 
 def measure(run, batch_size):
@@ -42,15 +46,18 @@ def measure(run, batch_size):
 
 
 def gpu_time_ms(enqueue, stream):
-    """Median GPU time of the work `enqueue()` queues on `stream`, between two timing events."""
+    """GPU time per call of the work `enqueue()` queues on `stream`: calls back to back between two timing
+    events, the median over a few rounds."""
     start, end = cuda.create_timing_event(), cuda.create_timing_event()
     for _ in range(WARM_UP_RUNS):
         enqueue()
     durations = []
-    for _ in range(TIMED_RUNS):
+    for _ in range(ROUNDS):
+        cuda.synchronize(stream)  # the round starts with nothing queued before it
         cuda.record(start, stream)
-        enqueue()
+        for _ in range(BATCHES_PER_ROUND):
+            enqueue()
         cuda.record(end, stream)
         cuda.event_synchronize(end)
-        durations.append(cuda.elapsed_ms(start, end))
+        durations.append(cuda.elapsed_ms(start, end) / BATCHES_PER_ROUND)
     return stats.median(durations)

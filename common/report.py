@@ -97,11 +97,13 @@ def floor_table(results, figures):
     if not measured:
         return []
     lines = ["", "## How far from the floor, and what limits each step", "",
-             "The floor: the larger of one batch's H2D copy from pinned memory and its inference, each alone on the "
-             "GPU (CUDA events, after the step's timed run, on the step's own engine). No pipeline produces batches "
-             "faster. Output processing: the host time of the step's post-processing of one batch (softmax and "
-             "top-5 of every image). Limited by: from the trace (below), for profiled steps.", "",
-             "| step | H2D alone (ms) | inference alone (ms) | floor (ms) | × floor | output processing (ms per batch) "
+             "The floor: the larger of the GPU time per batch of H2D copies from pinned memory and of inferences, each "
+             "on its own, batches queued back to back on one stream (CUDA events, after the step's timed run, on the "
+             "step's own engine). A pipeline with one stream of each kind produces batches no faster; two contexts "
+             "(steps 8 and 12) run two inferences at once and can go below it. Output processing: the host time of "
+             "the step's post-processing of one batch (softmax and top-5 of every image). Limited by: from the trace "
+             "(below), for profiled steps.", "",
+             "| step | H2D (ms) | inference (ms) | floor (ms) | × floor | output processing (ms per batch) "
              "| limited by |", "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for result in measured:
         floor = result["floor"]
@@ -240,7 +242,8 @@ def draw_ladder(path, ladder):
     if floors:
         floor_ms, result = min(floors, key=lambda pair: pair[0])
         floor = (floor_ms, f"floor {floor_ms:.2f} ms: max(H2D {result['floor']['h2d_ms']:.2f}, inference "
-                           f"{result['floor']['inference_ms']:.2f}) alone, {step_label(result)}'s engine")
+                           f"{result['floor']['inference_ms']:.2f}) per batch on one stream, {step_label(result)}'s "
+                           "engine")
     plots.plot_ladder(path, bars, floor, "time per batch (ms): median over the timed windows, bars from the fastest "
                                          "to the slowest window; shorter is faster",
                       f"Inference ladder\n{ladder_subtitle(ladder)}")

@@ -183,9 +183,9 @@ def print_result(result, timer):
           f"spread {result['spread_pct']:.1f}%), {result['images_per_s']:,.0f} images/s\n"
           f"  batch latency p50 {result['latency_p50_ms']:.2f} ms, p99 {result['latency_p99_ms']:.2f} ms; last "
           f"{TIMED_BATCHES} batches {result['last3_ms']:.2f} ms (the source tutorial's figure)\n"
-          f"  floor (one batch alone, CUDA events): H2D {result['floor']['h2d_ms']:.2f} ms, inference "
-          f"{result['floor']['inference_ms']:.2f} ms; this step takes {result['median_ms_per_batch'] / floor_ms:.2f}x "
-          f"the larger\n"
+          f"  floor (each on its own, batches back to back on one stream, CUDA events): H2D {result['floor']['h2d_ms']:.2f} "
+          f"ms, inference {result['floor']['inference_ms']:.2f} ms per batch; this step takes "
+          f"{result['median_ms_per_batch'] / floor_ms:.2f}x the larger\n"
           f"  output processing: {result['output_ms_per_batch']:.2f} ms of host time per batch\n"
           f"  outputs vs reference: {'match' if result['check']['passed'] else 'DIFFER'}: {result['check']['summary']}")
     warning = stats.spread_warning("the windows", result["windows_ms_per_batch"])

@@ -44,7 +44,7 @@ def test_step_runs_and_matches_the_reference(workdir, step):
     assert 0 < saved["latency_p50_ms"] <= saved["latency_p99_ms"]
     assert saved["floor"]["h2d_ms"] > 0 and saved["floor"]["inference_ms"] > 0 and saved["output_ms_per_batch"] > 0
     assert len(saved["results_done_ms"]) == 8  # 2 windows of 4 batches
-    assert "windows of 4 batches" in result.stdout and "floor (one batch alone" in result.stdout
+    assert "windows of 4 batches" in result.stdout and "floor (each on its own" in result.stdout
 
 
 def load_step(step, monkeypatch, workdir, *args):
