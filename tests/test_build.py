@@ -10,6 +10,8 @@ from common import build, data, engine
 from common.errors import CourseError
 from conftest import run_script
 
+BUILD_OUTPUT = {}  # precision -> what the built fixture's 0_build.py printed
+
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
@@ -18,7 +20,31 @@ def built(tmp_path_factory):
     for precision in ("fp32", "fp16"):
         result = run_script("0_build.py", "--backend", "torch", "--precision", precision, cwd=workdir)
         assert result.returncode == 0, result.stderr
+        BUILD_OUTPUT[precision] = result
     return workdir
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_build_prints_no_warning(built, precision):
+    """The exporter's own FutureWarning (about torch's pytree internals) is silenced at the export, and only it."""
+    result = BUILD_OUTPUT[precision]
+    assert "Warning" not in result.stdout + result.stderr, result.stderr
+    assert result.stderr == "" and result.stdout.splitlines()[-1].startswith("built engines/resnet18_")
+
+
+def test_only_the_exporters_known_warning_is_silenced(tmp_path, monkeypatch):
+    """Another warning raised during the export still reaches the user."""
+    import warnings
+
+    def export(*args, **kwargs):
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning)
+        warnings.warn("something else", FutureWarning)
+    monkeypatch.setattr(torch.onnx, "export", export)
+    monkeypatch.setattr(data, "load_model", lambda path: torch.nn.Identity())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build.export_onnx("weights", "fp32", tmp_path / "model.onnx", max_batch=4)
+    assert [str(warning.message) for warning in caught] == ["something else"]
 
 
 def onnx_logits(path, images):
