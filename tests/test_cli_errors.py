@@ -1,5 +1,4 @@
 """CPU tier: a wrong environment or bad input ends with one line that says what to do, never a traceback."""
-import shutil
 import subprocess
 
 import pytest
@@ -64,7 +63,9 @@ def test_profile_all_uses_the_source_tutorials_nsys_options():
     assert "-t cuda,nvtx -f true -o reports/$step" in overridden and "--cudabacktrace" not in overridden
 
 
-@pytest.mark.skipif(shutil.which("nsys") is not None, reason="nsys is installed here")
-def test_profile_all_without_nsys_is_one_line(tmp_path):
-    result = make("profile-all", "PYTHON=true", "NSYS=nsys-missing")  # PYTHON=true: skip the build's work
-    assert result.returncode != 0 and "error: nsys not found" in result.stdout + result.stderr
+def test_profile_all_without_nsys_stops_before_the_build():
+    """PYTHON=false: a build that started would fail on its own, with another message."""
+    result = make("profile-all", "PYTHON=false", "NSYS=nsys-missing")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "error: nsys not found" in output
+    assert "0_build.py" not in output and "pip" not in output
