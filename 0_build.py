@@ -17,26 +17,28 @@ Examples:
 """
 import argparse
 import json
-import os
 
 from common import build, cli, cuda, data, engine as engines
 
 DEFAULT_PROFILE = (1, 128, 128)
+MAX_WORKSPACE_MIB = 2**20  # 1 TiB: more than any GPU has
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[1:]))
-    parser.add_argument("--backend", choices=["auto", "tensorrt", "torch"], default=os.environ.get("BACKEND", "auto"))
+    cli.add_backend_option(parser)
     parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
     parser.add_argument("--profile", type=build.parse_profile, action="append", metavar="MIN:OPT:MAX",
                         help="an optimization profile's batch sizes; repeat for several (default 1:128:128)")
-    parser.add_argument("--name", help="engine name under engines/ (default resnet18_<precision>)")
+    parser.add_argument("--name", type=build.parse_engine_name,
+                        help="engine name under engines/, a plain file name (default resnet18_<precision>)")
     parser.add_argument("--weights", choices=["seed", "imagenet"], default="seed",
                         help="deterministic random weights (default) or torchvision's ImageNet weights")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
-    parser.add_argument("--workspace-mib", type=int, default=4096, help="TensorRT's workspace limit (default 4096)")
+    cli.add_seed_option(parser, "the random weights")
+    parser.add_argument("--workspace-mib", type=cli.whole_number(1, MAX_WORKSPACE_MIB), default=4096,
+                        help="TensorRT's workspace limit (default 4096)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the engine is up to date")
     parser.add_argument("--verbose", action="store_true", help="TensorRT's INFO log during the build")
     return parser.parse_args()

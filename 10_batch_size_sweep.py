@@ -56,6 +56,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
 ENGINE = "resnet18_fp16_wide"
 PRECISION = "fp16"
 MIN_SECONDS = 0.25  # each throughput figure: long enough that the host clock's jitter does not matter
+MAX_RUNS = 1000  # --batches: runs per figure; the default 10 already gives a stable median
 REFERENCE_CHUNK = 128  # the fp32 reference is computed in chunks: a 1024-image fp32 batch may not fit
 
 
@@ -65,7 +66,7 @@ def parse_args():
     parser = argparse.ArgumentParser(description=shared.description, parents=[shared], conflict_handler="resolve")
     parser.add_argument("--batch-size", type=cli.whole_number(1),
                         help="the largest batch size to try (default: the largest the engine's profile takes)")
-    parser.add_argument("--batches", type=cli.whole_number(3), default=10,
+    parser.add_argument("--batches", type=cli.whole_number(3, MAX_RUNS), default=10,
                         help="runs timed per batch size for each figure (default 10; small batches run more, "
                              f"to last at least {MIN_SECONDS} s)")
     parser.add_argument("--knee-within", type=cli.number(0, 100, low_allowed=True), default=5.0, metavar="PERCENT",

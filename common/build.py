@@ -6,6 +6,7 @@ so that loading a stale or mismatched engine is a clear error rather than a cras
 import argparse
 import datetime
 import json
+import os
 import shutil
 import time
 import warnings
@@ -21,6 +22,8 @@ OUTPUT_NAME = "logits"
 ENGINE_DIR = Path("engines")
 WEIGHTS_PATH = ENGINE_DIR / "resnet18_weights.pt"
 METADATA_FORMAT = 1
+MAX_BATCH = 2**31 - 1  # TensorRT's shapes are 32-bit (and no GPU holds a batch anywhere near it)
+MAX_FILE_NAME = 255  # bytes, on the file systems Linux uses
 ONNX_OPSET = 18  # within what TensorRT 10.0's ONNX parser and every later version accept
 
 
@@ -139,4 +142,19 @@ def parse_profile(text):
         raise argparse.ArgumentTypeError(f"a profile is MIN:OPT:MAX batch sizes, e.g. 1:128:128, not {text!r}") from None
     if not 1 <= low <= opt <= high:
         raise argparse.ArgumentTypeError(f"a profile needs 1 <= MIN <= OPT <= MAX, not {text!r}")
+    if high > MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"a profile's MAX must be at most {MAX_BATCH}, not {high}")
     return low, opt, high
+
+
+def parse_engine_name(text):
+    """An engine's name: a plain file name, so that the engine, its ONNX export and its metadata land in engines/.
+    argparse type, so errors are one line."""
+    if not text or text in (".", "..") or Path(text).name != text:
+        raise argparse.ArgumentTypeError(f"an engine name is a plain file name (it goes under {ENGINE_DIR}/), "
+                                         f"not {text!r}")
+    longest = f"{text}.torch.pt.json"  # the longest file name made from it
+    if len(os.fsencode(longest)) > MAX_FILE_NAME:
+        raise argparse.ArgumentTypeError(f"an engine name of {len(os.fsencode(text))} bytes is too long: the names of "
+                                         f"its files would be over {MAX_FILE_NAME} bytes")
+    return text

@@ -716,10 +716,10 @@ def parse_arguments(argv=None):
         prog="python -m common.report",
         description="Summarise the steps' results: reports/summary.md, reports/ladder.png and a timeline picture "
                     "per profiled step.")
-    parser.add_argument("--reports", type=Path, default=DEFAULT_REPORTS,
+    parser.add_argument("--reports", type=cli.non_empty_path, default=DEFAULT_REPORTS,
                         help=f"where the steps wrote <stem>.json and <stem>.nsys-rep; the report is written here "
                              f"too (default: {DEFAULT_REPORTS}/)")
-    parser.add_argument("--examples", type=Path, default=DEFAULT_EXAMPLES,
+    parser.add_argument("--examples", type=cli.non_empty_path, default=DEFAULT_EXAMPLES,
                         help="committed results to report when the reports directory holds none "
                              f"(default: {DEFAULT_EXAMPLES}/)")
     parser.add_argument("--nsys", help="the nsys executable that exports .nsys-rep files (default: nsys on PATH)")
