@@ -157,10 +157,7 @@ class EnginePipeline(Pipeline):
     def __init__(self, loaded, largest):
         super().__init__(loaded.input, loaded.output, largest)
         self.label = loaded.label
-        self.context = loaded.engine.create_execution_context()
-        if self.context is None:  # TensorRT: it could not reserve the profile's activation memory
-            raise CourseError(f"could not create an execution context for {loaded.path} (out of GPU memory?): "
-                              "build an engine with a smaller --profile MAX")
+        self.context = loaded.engine.create_execution_context()  # out of memory for it: one line (engine.py)
         self.graphs = {}
         self.capturable = True
 
@@ -427,14 +424,17 @@ def plot(path, summaries, within, title):
 def prepare(args):
     """The engine, its batch range, the images (one batch of the largest size, pinned) and their reference."""
     backend = engines.resolve_backend(args.backend)
-    device = cuda.require_gpu()
-    loaded = engines.load(backend, args.engine or build.engine_path(ENGINE, backend), PRECISION, device)
-    smallest, _, largest_allowed = loaded.profiles[0]  # the sweep runs on one context, on the first profile
+    # What needs no GPU is checked first, as in the ladder's steps (workload.prepare).
+    engine_file = engines.check_file(backend, args.engine or build.engine_path(ENGINE, backend), PRECISION)
+    cli.check_writable_directory(args.reports, "--reports")
+    smallest, _, largest_allowed = engine_file.profiles[0]  # the sweep runs on one context, on the first profile
     largest = args.batch_size or largest_allowed
     if not smallest <= largest <= largest_allowed:
-        raise CourseError(f"--batch-size {largest} is outside the first profile of {loaded.path} "
+        raise CourseError(f"--batch-size {largest} is outside the first profile of {engine_file.path} "
                           f"(batch {smallest}..{largest_allowed}): use a batch size in range or rebuild with "
                           "0_build.py --profile MIN:OPT:MAX")
+    device = cuda.require_gpu()
+    loaded = engines.load(backend, engine_file.path, PRECISION, device, checked=engine_file)
     images = data.make_batches(1, largest, args.seed)[0]
     chunks = [images[start:start + REFERENCE_CHUNK] for start in range(0, largest, REFERENCE_CHUNK)]
     reference = np.concatenate(data.reference_logits(build.WEIGHTS_PATH, chunks, build.ENGINE_DIR / "cache"))

@@ -423,12 +423,15 @@ def write_result(args, loaded, device, settings, runs, figure_path):
 def prepare(args):
     """The engine (checked against the largest batch), the pool of images and their reference logits."""
     backend = engines.resolve_backend(args.backend)
-    device = cuda.require_gpu()
-    loaded = engines.load(backend, args.engine or build.engine_path(ENGINE, backend), PRECISION, device)
+    # What needs no GPU is checked first, as in the ladder's steps (workload.prepare).
+    engine_file = engines.check_file(backend, args.engine or build.engine_path(ENGINE, backend), PRECISION)
+    cli.check_writable_directory(args.reports, "--reports")
     for batch_size in (1, args.batch_size):
-        if loaded.profile_for(batch_size) != 0:  # one context, on the first profile
-            raise CourseError(f"batch sizes 1..{args.batch_size} must all fit the first profile of {loaded.path} "
-                              f"({build.format_profiles(loaded.profiles[:1])}): use a smaller --batch-size")
+        if engine_file.profile_for(batch_size) != 0:  # one context, on the first profile
+            raise CourseError(f"batch sizes 1..{args.batch_size} must all fit the first profile of {engine_file.path} "
+                              f"({build.format_profiles(engine_file.profiles[:1])}): use a smaller --batch-size")
+    device = cuda.require_gpu()
+    loaded = engines.load(backend, engine_file.path, PRECISION, device, checked=engine_file)
     pool = data.make_batches(1, POOL_SIZE, args.seed)[0]
     reference = np.concatenate(data.reference_logits(build.WEIGHTS_PATH, [pool], build.ENGINE_DIR / "cache"))
     return loaded, device, pool, reference

@@ -21,7 +21,10 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 ENGINE_DIR = Path("engines")
 WEIGHTS_PATH = ENGINE_DIR / "resnet18_weights.pt"
-METADATA_FORMAT = 1
+METADATA_FORMAT = 2  # 2: the engine file's size and digest, checked before it is loaded
+# What a step needs from an engine's metadata; a file that lacks any of them is rebuilt.
+METADATA_KEYS = ("backend", "precision", "profiles", "weights_digest", "tensorrt_version", "compute_capability",
+                 "device", "engine_bytes", "engine_digest")
 MAX_BATCH = 2**31 - 1  # TensorRT's shapes are 32-bit (and no GPU holds a batch anywhere near it)
 MAX_FILE_NAME = 255  # bytes, on the file systems Linux uses
 ONNX_OPSET = 18  # within what TensorRT 10.0's ONNX parser and every later version accept
@@ -103,6 +106,8 @@ def build_engine(name, backend, precision, profiles, weights_path, workspace_mib
     started = time.perf_counter()
     target = engine_path(name, backend)
     target.parent.mkdir(parents=True, exist_ok=True)
+    # The old metadata goes first: a build that stops half-way must not leave a new file under old metadata.
+    metadata_path(target).unlink(missing_ok=True)
     onnx_path = ENGINE_DIR / f"{name}.onnx"  # per engine: its batch range is part of the export
     max_batch = max(high for _, _, high in profiles)
     print(f"exporting {onnx_path} (ResNet-18, {precision}, batch 1..{max_batch}) ...")
@@ -116,6 +121,14 @@ def build_engine(name, backend, precision, profiles, weights_path, workspace_mib
         print(f"writing the PyTorch stand-in's engine {target}: profiles {format_profiles(profiles)} ...")
         shutil.copyfile(weights_path, target)  # the stand-in's "plan" is the weights themselves
         tensorrt_version = None
+    write_metadata(target, backend, precision, profiles, weights_path, onnx_path, tensorrt_version, device)
+    size_mib = target.stat().st_size / 2**20
+    print(f"built {target} ({size_mib:.1f} MiB) in {time.perf_counter() - started:.1f} s")
+    return target
+
+
+def write_metadata(target, backend, precision, profiles, weights_path, onnx_path, tensorrt_version=None, device=None):
+    """Record what the finished engine file `target` was built from, beside it (<engine>.json)."""
     metadata = {
         "format": METADATA_FORMAT, "model": "resnet18", "backend": backend, "precision": precision,
         "profiles": [list(profile) for profile in profiles], "input": INPUT_NAME, "output": OUTPUT_NAME,
@@ -123,11 +136,10 @@ def build_engine(name, backend, precision, profiles, weights_path, workspace_mib
         "tensorrt_version": tensorrt_version, "torch_version": torch.__version__,
         "device": device[0] if device else None, "compute_capability": device[1] if device else None,
         "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "engine_bytes": target.stat().st_size, "engine_digest": data.file_digest(target),
     }
     metadata_path(target).write_text(json.dumps(metadata, indent=2) + "\n")
-    size_mib = target.stat().st_size / 2**20
-    print(f"built {target} ({size_mib:.1f} MiB) in {time.perf_counter() - started:.1f} s")
-    return target
+    return metadata
 
 
 def format_profiles(profiles):

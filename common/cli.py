@@ -86,6 +86,32 @@ def non_empty_path(text):
     return Path(text)
 
 
+def check_writable_directory(path, label):
+    """Raise a CourseError unless `path` is a directory this process can write to, or can create.
+
+    Called before any work, so that a run does not end, after the work, unable to save it. A directory that
+    does not exist yet is created and removed again: only trying tells whether it can be (a directory
+    under /proc, say, cannot be created even where the permission bits allow it).
+    """
+    path = Path(path)
+    advice = f"pass {label} a directory you can write to"
+    if path.exists():
+        if not path.is_dir():
+            raise CourseError(f"{label} {path} is not a directory: {advice}")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise CourseError(f"{label} {path} is not writable: {advice}")
+        return
+    missing = [path, *(parent for parent in path.parents if not parent.exists())]  # deepest first
+    try:
+        path.mkdir(parents=True)
+    except OSError as error:
+        raise CourseError(f"{label} {path} cannot be created ({error.strerror}): {advice}") from None
+    finally:  # leave no trace of the check, nor of a creation that failed half-way
+        for directory in missing:
+            if directory.is_dir():
+                directory.rmdir()
+
+
 def run(main):
     """Run a step's main(); a CourseError or an interrupt ends it with one line and a non-zero status."""
     try:

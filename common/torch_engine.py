@@ -90,10 +90,14 @@ class TorchEngine:
 
 def load_torch_engine(weights_path, precision, profiles):
     """The stand-in's "deserialization": the model's weights on the GPU, in the engine's precision."""
-    model = data.load_model(weights_path).cuda()
-    if precision == "fp16":
-        # channels-last lets cuDNN pick tensor-core kernels without layout transposes, as TensorRT would.
-        model = data.Fp16Compute(model.to(memory_format=torch.channels_last))
+    model = data.load_model(weights_path)
+    try:
+        model = model.cuda()
+        if precision == "fp16":
+            # channels-last lets cuDNN pick tensor-core kernels without layout transposes, as TensorRT would.
+            model = data.Fp16Compute(model.to(memory_format=torch.channels_last))
+    except torch.cuda.OutOfMemoryError:
+        raise CourseError(f"out of GPU memory loading {weights_path}: free the GPU") from None
     return TorchEngine(model.eval(), profiles)
 
 

@@ -1,7 +1,14 @@
-"""What every step does before its lesson: check the GPU, load the engine, make the batches and the reference."""
+"""What every step does before its lesson: check the inputs, the GPU and the engine, make the batches and the
+reference."""
 import dataclasses
+import os
 
-from common import build, cuda, data, engine as engines
+import numpy as np
+
+from common import build, cli, cuda, data, engine as engines
+from common.errors import CourseError
+
+IMAGE_BYTES = int(np.prod(data.IMAGE_SHAPE)) * np.dtype(np.float32).itemsize
 
 
 @dataclasses.dataclass
@@ -15,20 +22,35 @@ class Workload:
     reference: list
 
 
-def prepare(args, engine_name, precision, batches=None, profile=0):
+def prepare(args, engine_name, precision, batch_sizes=None, make_batches=None, profile=0):
     """Everything a step needs, checked, so that its main() holds only its lesson.
 
-    `batches` overrides the default workload (args.batches batches of args.batch_size images). `profile`
-    is the optimization profile the step's contexts use (a new context starts on profile 0); None for a
-    step that picks a profile per batch.
+    `batch_sizes` and `make_batches()` override the default workload (args.batches batches of args.batch_size
+    images): the sizes are checked before the batches are made. `profile` is the optimization profile the
+    step's contexts use (a new context starts on profile 0); None for a step that picks a profile per batch.
     """
     backend = engines.resolve_backend(args.backend)
+    # Every check that needs no GPU comes first: a wrong path, a stale engine or a batch it cannot take is one
+    # line on any machine (and is tested on one without a GPU), before the GPU's and the batches' set-up.
+    engine_file = engines.check_file(backend, args.engine or build.engine_path(engine_name, backend), precision)
+    cli.check_writable_directory(args.reports, "--reports")
+    batch_sizes = batch_sizes or [args.batch_size] * args.batches
+    for batch_size in sorted(set(batch_sizes)):
+        engine_file.check_batch(batch_size, profile)
+    check_host_memory(sum(batch_sizes))
     device = cuda.require_gpu()
-    path = args.engine or build.engine_path(engine_name, backend)
-    loaded = engines.load(backend, path, precision, device)
-    if batches is None:
-        batches = data.make_batches(args.batches, args.batch_size, args.seed)
-    for images in batches:  # fail early, with one line, on a batch the step's profile cannot take
-        loaded.check_batch(len(images), profile)
+    loaded = engines.load(backend, engine_file.path, precision, device, checked=engine_file)
+    batches = make_batches() if make_batches else data.make_batches(args.batches, args.batch_size, args.seed)
     reference = data.reference_logits(build.WEIGHTS_PATH, batches, build.ENGINE_DIR / "cache")
     return Workload(loaded.engine, loaded.input, loaded.output, loaded, device, batches, reference)
+
+
+def check_host_memory(images):
+    """Refuse a workload whose images cannot fit in this machine's memory, before it is made: the steps hold
+    every batch, and from step 3 a pinned copy of it too."""
+    needed = 2 * images * IMAGE_BYTES
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > total:
+        raise CourseError(f"{images} images need up to {needed / 2**30:.1f} GiB of host memory (the batches and their "
+                          f"pinned copies), more than this machine's {total / 2**30:.1f} GiB: use fewer --batches or "
+                          "a smaller --batch-size")
