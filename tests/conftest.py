@@ -60,3 +60,32 @@ def make_course(directory):
     shutil.copy(REPO / "results/h100-torch/1_baseline.json", directory / "reports")
     return directory
 
+
+def snapshot(directory):
+    """Every path under `directory`, to compare before and after a run: a link's target, a directory's mtime,
+    a file's mtime and bytes (None where it cannot be read)."""
+    state = {".": ("dir", directory.stat().st_mtime_ns)}
+    for root, directories, files in os.walk(directory):
+        for name in directories + files:
+            path = Path(root, name)
+            key, info = str(path.relative_to(directory)), path.lstat()
+            if path.is_symlink():
+                state[key] = ("link", os.readlink(path))
+            elif path.is_dir():
+                state[key] = ("dir", info.st_mtime_ns)
+            else:
+                state[key] = ("file", info.st_mtime_ns, path.read_bytes() if os.access(path, os.R_OK) else None)
+    return state
+
+
+def assert_refused(status, stderr, expect, usage=False):
+    """A run refused in one line, without a traceback: argparse's usage error (status 2) where `usage`, else the
+    course's `error: <what is wrong>: <what to do>` (status 1) and nothing else; `expect` is in that last line."""
+    lines = stderr.strip().splitlines()
+    assert "Traceback" not in stderr, stderr
+    assert lines and expect in lines[-1], stderr
+    if usage:
+        assert status == 2 and lines[0].startswith("usage: ") and ": error: " in lines[-1], stderr
+    else:
+        assert status == 1 and len(lines) == 1, stderr
+        assert lines[0].startswith("error: ") and lines[0].count(": ") >= 2, stderr
