@@ -20,55 +20,77 @@ Examples:
 """
 import argparse
 import json
-import os
 
 from common import build, cli, cuda, data, engine as engines
+from common.errors import CourseError
 
 DEFAULT_PROFILE = (1, 128, 128)
+MAX_WORKSPACE_MIB = 2**20  # 1 TiB: more than any GPU has
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[1:]))
-    parser.add_argument("--backend", choices=["auto", "tensorrt", "torch"], default=os.environ.get("BACKEND", "auto"))
+    cli.add_backend_option(parser)
     parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
     parser.add_argument("--profile", type=build.parse_profile, action="append", metavar="MIN:OPT:MAX",
                         help="an optimization profile's batch sizes; repeat for several (default 1:128:128)")
     parser.add_argument("--input", choices=list(data.IMAGE_INPUTS), default="float32",
                         help="float32: normalized NCHW images, as the ladder sends them (default); uint8: NHWC "
                              "images as decoded, normalized inside the engine (step 12)")
-    parser.add_argument("--name", help="engine name under engines/ (default resnet18_<precision>, "
-                                       "with _uint8 after it for --input uint8)")
+    parser.add_argument("--name", type=build.parse_engine_name,
+                        help="engine name under engines/, a plain file name (default resnet18_<precision>, "
+                             "with _uint8 after it for --input uint8)")
     parser.add_argument("--weights", choices=["seed", "imagenet"], default="seed",
                         help="deterministic random weights (default) or torchvision's ImageNet weights")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
-    parser.add_argument("--workspace-mib", type=int, default=4096, help="TensorRT's workspace limit (default 4096)")
+    cli.add_seed_option(parser, "the random weights")
+    parser.add_argument("--workspace-mib", type=cli.whole_number(1, MAX_WORKSPACE_MIB), default=4096,
+                        help="TensorRT's workspace limit (default 4096)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the engine is up to date")
     parser.add_argument("--verbose", action="store_true", help="TensorRT's INFO log during the build")
     return parser.parse_args()
 
 
 def ensure_weights(source, seed):
-    """Write the weights only when missing or asked for differently, so engines stay valid across builds."""
+    """Write the weights only when missing, changed or asked for differently, so engines stay valid across builds."""
     wanted = {"source": source, "seed": seed if source == "seed" else None}
     recorded = build.metadata_path(build.WEIGHTS_PATH)
-    if build.WEIGHTS_PATH.exists() and recorded.exists() and json.loads(recorded.read_text()) == wanted:
-        return
+    if build.WEIGHTS_PATH.exists() and recorded.exists():
+        record = read_record(recorded)
+        if record == {**wanted, "digest": engines.digest(build.WEIGHTS_PATH)}:
+            return
+        if record is None:
+            print(f"{recorded} cannot be read or is not a JSON object: writing the weights again")
     print(f"writing {build.WEIGHTS_PATH} ({source} weights) ...")
+    recorded.unlink(missing_ok=True)  # first: weights written half-way must not keep the old record
     build.save_weights(source, seed)
-    recorded.write_text(json.dumps(wanted) + "\n")
+    recorded.write_text(json.dumps({**wanted, "digest": data.file_digest(build.WEIGHTS_PATH)}) + "\n")
+
+
+def read_record(path):
+    """The JSON object in `path`, or None where it cannot be read or is not one: a record to write again."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def is_up_to_date(path, backend, precision, profiles, device, input_dtype):
-    metadata_file = build.metadata_path(path)
-    if not (path.exists() and metadata_file.exists()):
+    """Whether the engine file was built for exactly this. One whose metadata cannot be read, or that changed
+    since it was built, is stale: say why, and rebuild it."""
+    if not path.exists():
         return False
-    metadata = json.loads(metadata_file.read_text())
-    built_for = (metadata.get("format"), metadata.get("backend"), metadata.get("precision"),
-                 [tuple(profile) for profile in metadata.get("profiles", [])], metadata.get("weights_digest"),
-                 build.engine_input(metadata).dtype)
-    wanted = (build.METADATA_FORMAT, backend, precision, profiles, data.file_digest(build.WEIGHTS_PATH), input_dtype)
+    try:
+        metadata = engines.read_metadata(path)
+        engines.check_unchanged(metadata, path)
+    except engines.StaleEngine as stale:
+        print(f"{stale.problem}: rebuilding it")
+        return False
+    built_for = (metadata["backend"], metadata["precision"], [tuple(profile) for profile in metadata["profiles"]],
+                 metadata["weights_digest"], build.engine_input(metadata).dtype)
+    wanted = (backend, precision, profiles, data.file_digest(build.WEIGHTS_PATH), input_dtype)
     if backend == "tensorrt":
         import tensorrt as trt
         built_for += (metadata.get("tensorrt_version"), metadata.get("compute_capability"))
@@ -81,10 +103,13 @@ def main():
     backend = engines.resolve_backend(args.backend)
     profiles = args.profile or [DEFAULT_PROFILE]
     name = args.name or build.default_name(args.precision, args.input)
+    path = build.engine_path(name, backend)
+    cli.check_writable_directory(build.ENGINE_DIR, "the engine directory")
+    if path.is_dir():
+        raise CourseError(f"{path} is a directory, where the engine would go: remove it, or pass another --name")
     # TensorRT builds for the GPU it runs on; the stand-in's file is only weights and needs no GPU.
     device = cuda.require_gpu() if backend == "tensorrt" else None
     ensure_weights(args.weights, args.seed)
-    path = build.engine_path(name, backend)
     if not args.force and is_up_to_date(path, backend, args.precision, profiles, device, args.input):
         print(f"{path} is up to date ({args.precision}, {data.IMAGE_INPUTS[args.input]} input, "
               f"profiles {build.format_profiles(profiles)}); --force rebuilds it")

@@ -63,6 +63,7 @@ step7 = steps.load("7_cuda_graph")  # the pipeline the sweep measures
 ENGINE = "resnet18_fp16_wide"
 PRECISION = "fp16"
 MIN_SECONDS = 0.1  # each throughput run: long enough that the host clock's jitter does not matter
+MAX_RUNS = 1000  # --batches: runs per figure; the default 10 already gives a stable median
 REFERENCE_CHUNK = 128  # the fp32 reference is computed in chunks: a 1024-image fp32 batch may not fit
 
 
@@ -72,7 +73,7 @@ def parse_args():
     parser = argparse.ArgumentParser(description=shared.description, parents=[shared], conflict_handler="resolve")
     parser.add_argument("--batch-size", type=cli.whole_number(1),
                         help="the largest batch size to try (default: the largest the engine's profile takes)")
-    parser.add_argument("--batches", type=cli.whole_number(3), default=10,
+    parser.add_argument("--batches", type=cli.whole_number(3, MAX_RUNS), default=10,
                         help="runs timed per batch size for each figure (default 10; small batches run more, "
                              f"to last at least {MIN_SECONDS} s)")
     parser.add_argument("--repeats", type=cli.whole_number(1), default=5,
@@ -182,10 +183,7 @@ class EnginePipeline(Pipeline):
     def __init__(self, loaded, largest):
         super().__init__(loaded.input, loaded.output, largest)
         self.label = loaded.label
-        self.context = loaded.engine.create_execution_context()
-        if self.context is None:  # TensorRT: it could not reserve the profile's activation memory
-            raise CourseError(f"could not create an execution context for {loaded.path} (out of GPU memory?): "
-                              "build an engine with a smaller --profile MAX")
+        self.context = loaded.engine.create_execution_context()  # out of memory for it: one line (engine.py)
         self.graphs = SweepGraphs(self.context, self.compute_stream, loaded)
 
     def prepare(self, buffers):
@@ -379,14 +377,17 @@ def print_comparison(engine_summary, pytorch_summary):
 def prepare(args):
     """The engine, its batch range, the images (one batch of the largest size, pinned) and their reference."""
     backend = engines.resolve_backend(args.backend)
-    device = cuda.require_gpu()
-    loaded = engines.load(backend, args.engine or build.engine_path(ENGINE, backend), PRECISION, device)
-    smallest, _, largest_allowed = loaded.profiles[0]  # the sweep runs on one context, on the first profile
+    # What needs no GPU is checked first, as in the ladder's steps (workload.prepare).
+    engine_file = engines.check_file(backend, args.engine or build.engine_path(ENGINE, backend), PRECISION)
+    cli.check_writable_directory(args.reports, "--reports")
+    smallest, _, largest_allowed = engine_file.profiles[0]  # the sweep runs on one context, on the first profile
     largest = args.batch_size or largest_allowed
     if not smallest <= largest <= largest_allowed:
-        raise CourseError(f"--batch-size {largest} is outside the first profile of {loaded.path} "
+        raise CourseError(f"--batch-size {largest} is outside the first profile of {engine_file.path} "
                           f"(batch {smallest}..{largest_allowed}): use a batch size in range or rebuild with "
                           "0_build.py --profile MIN:OPT:MAX")
+    device = cuda.require_gpu()
+    loaded = engines.load(backend, engine_file.path, PRECISION, device, checked=engine_file)
     images = data.make_batches(1, largest, args.seed)[0]
     chunks = [images[start:start + REFERENCE_CHUNK] for start in range(0, largest, REFERENCE_CHUNK)]
     reference = np.concatenate(data.reference_logits(build.WEIGHTS_PATH, chunks, build.ENGINE_DIR / "cache"))

@@ -60,19 +60,22 @@ step7 = steps.load("7_cuda_graph")  # the pipeline the server runs
 ENGINE = "resnet18_fp16"
 PRECISION = "fp16"
 POOL_SIZE = 256  # distinct images the requests cycle through; each has its reference logits
+MAX_REQUESTS = 1_000_000  # per run: each is an object made before the run (16,000 at the default rates)
+MAX_WAIT_MS = 60_000  # a batcher that waits longer than a run lasts only ever flushes at shutdown
 OVERLOADED = 0.9  # serving less than this share of the arrival rate: the queue grew during the run
 
 
-def numbers(minimum, allow_minimum):
-    """A comma-separated list of numbers, each above `minimum` (or equal to it, where allowed)."""
+def numbers(minimum, allow_minimum, below=None):
+    """A comma-separated list of numbers, each above `minimum` (or equal to it, where allowed) and below `below`."""
     def parse(text):
         try:
             values = [float(part) for part in text.split(",")]
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
-        if not all(math.isfinite(v) and (v > minimum or (allow_minimum and v == minimum)) for v in values):
-            raise argparse.ArgumentTypeError(f"each must be {'at least' if allow_minimum else 'above'} {minimum:g}, "
-                                             f"not {text}")
+        if not all(math.isfinite(v) and (v > minimum or (allow_minimum and v == minimum))
+                   and (below is None or v < below) for v in values):
+            raise argparse.ArgumentTypeError(f"each must be {'at least' if allow_minimum else 'above'} {minimum:g}"
+                                             + (f" and below {below:g}" if below else "") + f", not {text}")
         return values
     return parse
 
@@ -83,17 +86,34 @@ def parse_args():
     parser = argparse.ArgumentParser(description=shared.description, parents=[shared], conflict_handler="resolve")
     parser.add_argument("--batch-size", type=cli.whole_number(1), default=32,
                         help="the largest batch the batcher forms (default 32)")
-    parser.add_argument("--batches", type=int, help=argparse.SUPPRESS)  # shared, but requests are what count here
-    parser.add_argument("--repeats", type=int, help=argparse.SUPPRESS)
+    # Shared, but requests are what count here: a value would be silently ignored, so it is refused.
+    parser.add_argument("--batches", type=not_an_option_here("step 11 has no --batches: its load is --rates and "
+                                                              "--duration-s"), help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=not_an_option_here("step 11 has no --repeats: its runs are one per "
+                                                              "rate and setting"), help=argparse.SUPPRESS)
     parser.add_argument("--rates", type=numbers(0, False), default=[500, 1000, 2000, 4000, 8000, 16000],
                         metavar="R,R,...", help="arrival rates to try, requests per second "
                                                 "(default 500,1000,2000,4000,8000,16000)")
-    parser.add_argument("--max-wait-ms", type=numbers(0, True), default=[0, 2, 5], metavar="MS,MS,...",
+    parser.add_argument("--max-wait-ms", type=numbers(0, True, below=MAX_WAIT_MS), default=[0, 2, 5],
+                        metavar="MS,MS,...",
                         help="the batcher's max waits to try, each with --batch-size (default 0,2,5); one "
                              "request at a time is always run too")
     parser.add_argument("--duration-s", type=cli.number(0), default=1.0, metavar="S",
                         help="how long requests arrive in each run, seconds (default 1)")
-    return parser.parse_args()
+    args = parser.parse_args()
+    for rate in args.rates:  # the requests of a run are made before it: their number must make sense
+        requests = rate * args.duration_s
+        if not 1 <= requests <= MAX_REQUESTS:
+            parser.error(f"--rates {rate:g} for --duration-s {args.duration_s:g} is {requests:g} requests per run: "
+                         f"a run needs 1 to {MAX_REQUESTS:,} (change the rate or the duration)")
+    return args
+
+
+def not_an_option_here(message):
+    """An argparse type that refuses any value, for a shared option this step has no use for."""
+    def parse(text):
+        raise argparse.ArgumentTypeError(message)
+    return parse
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -314,12 +334,15 @@ def write_result(args, loaded, device, settings, runs, figure_path):
 def prepare(args):
     """The engine (checked against the largest batch), the pool of images and their reference logits."""
     backend = engines.resolve_backend(args.backend)
-    device = cuda.require_gpu()
-    loaded = engines.load(backend, args.engine or build.engine_path(ENGINE, backend), PRECISION, device)
+    # What needs no GPU is checked first, as in the ladder's steps (workload.prepare).
+    engine_file = engines.check_file(backend, args.engine or build.engine_path(ENGINE, backend), PRECISION)
+    cli.check_writable_directory(args.reports, "--reports")
     for batch_size in (1, args.batch_size):
-        if loaded.profile_for(batch_size) != 0:  # one context, on the first profile
-            raise CourseError(f"batch sizes 1..{args.batch_size} must all fit the first profile of {loaded.path} "
-                              f"({build.format_profiles(loaded.profiles[:1])}): use a smaller --batch-size")
+        if engine_file.profile_for(batch_size) != 0:  # one context, on the first profile
+            raise CourseError(f"batch sizes 1..{args.batch_size} must all fit the first profile of {engine_file.path} "
+                              f"({build.format_profiles(engine_file.profiles[:1])}): use a smaller --batch-size")
+    device = cuda.require_gpu()
+    loaded = engines.load(backend, engine_file.path, PRECISION, device, checked=engine_file)
     pool = data.make_batches(1, POOL_SIZE, args.seed)[0]
     reference = np.concatenate(data.reference_logits(build.WEIGHTS_PATH, [pool], build.ENGINE_DIR / "cache"))
     return loaded, device, pool, reference

@@ -222,8 +222,13 @@ def batch_queue(indices):
     return claim_next
 
 
+def mixed_sizes(args):
+    """Every other batch small: the sizes of args.batches batches alternating --batch-size and --small-batch-size."""
+    return [args.batch_size if index % 2 == 0 else args.small_batch_size for index in range(args.batches)]
+
+
 def mixed_batches(args):
-    """Every other batch small: args.batches batches alternating --batch-size and --small-batch-size images."""
+    """The batches of mixed_sizes(args)."""
     large = data.make_batches(args.batches, args.batch_size, args.seed)
     small = data.make_batches(args.batches, args.small_batch_size, args.seed + 1)
     return [large[index] if index % 2 == 0 else small[index] for index in range(args.batches)]
@@ -233,7 +238,8 @@ def main():
     parser = cli.parser(__doc__)
     parser.add_argument("--small-batch-size", type=cli.whole_number(1), default=16, help="images per small batch (default 16)")
     args = parser.parse_args()
-    run = workload.prepare(args, ENGINE, precision="fp16", batches=mixed_batches(args), profile=None)
+    run = workload.prepare(args, ENGINE, precision="fp16", batch_sizes=mixed_sizes(args),
+                           make_batches=lambda: mixed_batches(args), profile=None)
     batches = cuda.pinned_copies(run.batches)  # as if the data were loaded there
     outputs = [None] * len(batches)
     profiles = range(run.engine.num_optimization_profiles)

@@ -30,7 +30,7 @@ RUN := BACKEND=$(BACKEND) $(PYTHON)
 BATCHING := 10_batch_size_sweep 11_dynamic_batching
 BATCHING_ARGS ?=
 
-.PHONY: setup build run-all profile-all batching report test clean
+.PHONY: setup build run-all profile-all backend-valid nsys-available batching report test clean
 
 setup: $(SETUP)
 
@@ -48,7 +48,8 @@ $(VENV)/.installed: requirements.txt
 	    || echo "notice: TensorRT could not be installed; BACKEND=auto will use the PyTorch stand-in"; fi
 	touch $@
 
-build: $(SETUP)
+# BACKEND is checked first: a typo must not cost the set-up before the scripts refuse it.
+build: backend-valid $(SETUP)
 	$(RUN) 0_build.py --precision fp32
 	$(RUN) 0_build.py --precision fp16
 	$(RUN) 0_build.py --precision fp16 --profile 1:16:32 --profile 33:128:128 --name resnet18_fp16_2profiles
@@ -59,13 +60,22 @@ run-all: build
 	@set -e; for step in $(STEPS) $(AFTER_LADDER); do echo "== $$step"; $(RUN) $$step.py --reports $(REPORTS) $(STEP_ARGS); done
 	$(MAKE) --no-print-directory report
 
-profile-all: build
-	@command -v $(NSYS) >/dev/null 2>&1 || { echo "error: nsys not found: install Nsight Systems (or put it on PATH), or run make run-all"; exit 1; }
+# nsys is checked first: a missing profiler must not cost the set-up and the build before it is reported.
+# The build is a sub-make, not a prerequisite, so that `make -j` cannot start it before the check either.
+profile-all: nsys-available
+	@$(MAKE) --no-print-directory build
 	@mkdir -p $(REPORTS)
 	@set -e; for step in $(STEPS) $(AFTER_LADDER); do echo "== $$step (nsys)"; \
 	    COURSE_UNDER_NSYS=1 BACKEND=$(BACKEND) $(NSYS) profile $(NSYS_FLAGS) -o $(REPORTS)/$$step \
 	        $(PYTHON) $$step.py --reports $(REPORTS) $(PROFILE_ARGS) $(STEP_ARGS); done
 	$(MAKE) --no-print-directory report
+
+backend-valid:
+	@case "$(BACKEND)" in auto|tensorrt|torch) ;; \
+	    *) echo "error: BACKEND=$(BACKEND) is not a backend: set BACKEND to auto, tensorrt or torch"; exit 1;; esac
+
+nsys-available:
+	@command -v $(NSYS) >/dev/null 2>&1 || { echo "error: nsys not found: install Nsight Systems (or put it on PATH), or run make run-all"; exit 1; }
 
 batching: build
 	@set -e; for step in $(BATCHING); do echo "== $$step"; $(RUN) $$step.py --reports $(REPORTS) $(BATCHING_ARGS); done

@@ -2,6 +2,7 @@
 import contextlib
 import dataclasses
 import hashlib
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,11 @@ def load_model(weights_path):
     if not weights_path.exists():
         raise CourseError(f"{weights_path} not found: run `make build` (or python 0_build.py) first")
     model = torchvision.models.resnet18()
-    model.load_state_dict(torch.load(weights_path, weights_only=True))
+    try:
+        model.load_state_dict(torch.load(weights_path, weights_only=True))
+    except Exception as error:  # truncated, corrupt, or not these weights: torch raises many kinds, many lines long
+        raise CourseError(f"{weights_path} is not ResNet-18's weights as the course saves them "
+                          f"({type(error).__name__}): rebuild it with `make build` (or python 0_build.py)") from None
     return model.eval()
 
 
@@ -152,12 +157,19 @@ def reference_logits(weights_path, batches, cache_dir):
     key = f"{file_digest(weights_path)}-{inputs_digest}-{len(batches)}x{max(sizes)}"
     cache = Path(cache_dir) / f"reference-{key}.npz"
     if cache.exists():
-        with np.load(cache) as saved:
-            return np.split(saved["logits"], np.cumsum(sizes)[:-1])
+        try:
+            with np.load(cache) as saved:
+                return np.split(saved["logits"], np.cumsum(sizes)[:-1])
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
+            pass  # a damaged cache (an interrupted write, say) is computed again and overwritten
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(weights_path).to(device)
-    with _without_tf32(), torch.inference_mode():
-        logits = [model(torch.from_numpy(batch).to(device)).cpu().numpy() for batch in batches]
+    try:
+        model = load_model(weights_path).to(device)
+        with _without_tf32(), torch.inference_mode():
+            logits = [model(torch.from_numpy(batch).to(device)).cpu().numpy() for batch in batches]
+    except torch.cuda.OutOfMemoryError:
+        raise CourseError(f"out of GPU memory computing the fp32 reference outputs of batches of up to {max(sizes)} "
+                          "images: use a smaller --batch-size or free the GPU") from None
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, logits=np.concatenate(logits))
     return logits

@@ -54,19 +54,17 @@ class TensorSpec:
         return int(np.prod(self.shape_for(batch_size))) * self.dtype.itemsize
 
 
-@dataclasses.dataclass
-class LoadedEngine:
-    engine: object  # tensorrt.ICudaEngine, or the stand-in's TorchEngine
-    metadata: dict
-    path: Path
-    backend: str
-    input: TensorSpec
-    output: TensorSpec
-    runtime: object = None  # TensorRT's runtime must outlive the engines it deserialized
+class StaleEngine(CourseError):
+    """An engine file that cannot be used as it is, which rebuilding fixes. `problem` says what is wrong, without
+    the advice: 0_build.py, which rebuilds such a file, says so and rebuilds."""
 
-    @property
-    def label(self):
-        return backend_label(self.backend)
+    def __init__(self, problem, advice="rebuild it with `make build` or 0_build.py"):
+        super().__init__(f"{problem}: {advice}")
+        self.problem = problem
+
+
+class ProfileChecks:
+    """Batch sizes against the optimization profiles an engine was built with (`self.metadata`, `self.path`)."""
 
     @property
     def profiles(self):
@@ -93,12 +91,46 @@ class LoadedEngine:
                           "with 0_build.py --profile MIN:OPT:MAX")
 
 
-def load(backend, path, precision, device, input_dtype="float32"):
-    """Load and check an engine file; `device` is (name, compute capability) of this GPU, `input_dtype` what
-    the step sends: float32 (normalized NCHW images, the ladder) or uint8 (NHWC images as decoded)."""
+@dataclasses.dataclass(frozen=True)
+class EngineFile(ProfileChecks):
+    """An engine file whose metadata passed every check that needs no GPU (check_file)."""
+    path: Path
+    metadata: dict
+
+
+@dataclasses.dataclass
+class LoadedEngine(ProfileChecks):
+    engine: object  # tensorrt.ICudaEngine, or the stand-in's TorchEngine
+    metadata: dict
+    path: Path
+    backend: str
+    input: TensorSpec
+    output: TensorSpec
+    runtime: object = None  # TensorRT's runtime must outlive the engines it deserialized
+
+    @property
+    def label(self):
+        return backend_label(self.backend)
+
+
+def check_file(backend, path, precision, input_dtype="float32"):
+    """Every check of an engine file that needs no GPU: it exists, its metadata is whole and matches the backend,
+    the precision, the input the step sends (`input_dtype`: float32, the ladder's normalized NCHW images, or
+    uint8, NHWC images as decoded) and the weights, and the file is the one that was built. Steps call this
+    before they touch the GPU, so that a wrong path or a stale engine is one line on any machine, before any
+    set-up."""
     path = Path(path)
-    metadata = _read_metadata(path)
-    _check_metadata(metadata, path, backend, precision, device, input_dtype)
+    metadata = read_metadata(path)
+    _check_metadata(metadata, path, backend, precision, input_dtype)
+    return EngineFile(path, metadata)
+
+
+def load(backend, path, precision, device, checked=None, input_dtype="float32"):
+    """Load and check an engine file; `device` is (name, compute capability) of this GPU. `checked`: what
+    check_file returned for this file, where the caller checked it before touching the GPU."""
+    engine_file = checked or check_file(backend, path, precision, input_dtype)
+    path, metadata = engine_file.path, engine_file.metadata
+    _check_device(metadata, path, backend, device)
     if backend == "tensorrt":
         engine, runtime = _deserialize_tensorrt(path)
         nptype = _tensorrt_nptype
@@ -110,23 +142,35 @@ def load(backend, path, precision, device, input_dtype="float32"):
     return LoadedEngine(engine, metadata, path, backend, specs["input"], specs["output"], runtime)
 
 
-def _read_metadata(path):
+def read_metadata(path):
+    """The metadata of engine file `path`, whole and of this course's format; a StaleEngine where it is not."""
+    path = Path(path)
+    if path.is_dir():
+        raise CourseError(f"{path} is a directory, not an engine file: pass an engine file (under engines/)")
     if not path.exists():
-        raise CourseError(f"{path} not found: build it first (`make build`, or python 0_build.py --help)")
+        raise StaleEngine(f"{path} not found", "build it first (`make build`, or python 0_build.py --help)")
     metadata_file = build.metadata_path(path)
     if not metadata_file.exists():
-        raise CourseError(f"{path} has no metadata file {metadata_file}: rebuild it with 0_build.py")
+        raise StaleEngine(f"{path} has no metadata file {metadata_file}",
+                          "pass an engine file that 0_build.py built, or rebuild it with `make build` or 0_build.py")
     try:
-        return json.loads(metadata_file.read_text())
-    except json.JSONDecodeError as error:
-        raise CourseError(f"{metadata_file} is not valid JSON ({error}): rebuild the engine with 0_build.py") from None
+        metadata = json.loads(metadata_file.read_text())
+    except OSError as error:
+        raise StaleEngine(f"{metadata_file} cannot be read ({error.strerror})") from None
+    except ValueError as error:  # not JSON, or not text at all
+        raise StaleEngine(f"{metadata_file} is not valid JSON ({error})") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != build.METADATA_FORMAT:
+        raise StaleEngine(f"{path} was written by another version of this course (its metadata is not of format "
+                          f"{build.METADATA_FORMAT})")
+    missing = [key for key in build.METADATA_KEYS if key not in metadata]
+    if missing:
+        raise StaleEngine(f"{metadata_file} lacks {', '.join(missing)}")
+    return metadata
 
 
-def _check_metadata(metadata, path, backend, precision, device, input_dtype):
+def _check_metadata(metadata, path, backend, precision, input_dtype):
     """Each mismatch that would crash or give a silently wrong answer becomes a one-line error."""
     rebuild = "rebuild it with `make build` or 0_build.py"
-    if metadata.get("format") != build.METADATA_FORMAT:
-        raise CourseError(f"{path} was written by another version of this course: {rebuild}")
     if metadata["backend"] != backend:
         raise CourseError(f"{path} is a {metadata['backend']} engine but the backend is {backend}: "
                           f"pass --backend {metadata['backend']} or use another engine")
@@ -141,16 +185,40 @@ def _check_metadata(metadata, path, backend, precision, device, input_dtype):
     if backend == "tensorrt":
         import tensorrt as trt
         if metadata["tensorrt_version"] != trt.__version__:
-            raise CourseError(f"{path} was built with TensorRT {metadata['tensorrt_version']} but TensorRT "
-                              f"{trt.__version__} is installed (engines do not move between versions): {rebuild}")
-        if metadata["compute_capability"] != device[1]:
-            raise CourseError(f"{path} was built for a GPU of compute capability {metadata['compute_capability']} "
-                              f"({metadata['device']}), this one is {device[1]} ({device[0]}): {rebuild}")
+            raise StaleEngine(f"{path} was built with TensorRT {metadata['tensorrt_version']} but TensorRT "
+                              f"{trt.__version__} is installed (engines do not move between versions)")
     if not build.WEIGHTS_PATH.exists():
         raise CourseError(f"{build.WEIGHTS_PATH} not found: {rebuild}")
-    if metadata["weights_digest"] != data.file_digest(build.WEIGHTS_PATH):
-        raise CourseError(f"{path} was built from other weights than {build.WEIGHTS_PATH}, so the reference "
-                          f"outputs would not match: {rebuild}")
+    if metadata["weights_digest"] != digest(build.WEIGHTS_PATH):
+        raise StaleEngine(f"{path} was built from other weights than {build.WEIGHTS_PATH}, so the reference "
+                          "outputs would not match")
+    check_unchanged(metadata, path)
+
+
+def check_unchanged(metadata, path):
+    """A StaleEngine unless the engine file is the one its metadata describes: not truncated, not overwritten."""
+    size = path.stat().st_size
+    if size != metadata["engine_bytes"]:
+        raise StaleEngine(f"{path} is {size} bytes but was {metadata['engine_bytes']} when built "
+                          "(truncated or overwritten)")
+    if digest(path) != metadata["engine_digest"]:
+        raise StaleEngine(f"{path} has changed since it was built (its content does not match its metadata)")
+
+
+def digest(path):
+    """data.file_digest, with a file that cannot be read as one line."""
+    try:
+        return data.file_digest(path)
+    except OSError as error:
+        raise CourseError(f"{path} cannot be read ({error.strerror}): check the file, or rebuild it with "
+                          "`make build`") from None
+
+
+def _check_device(metadata, path, backend, device):
+    """A TensorRT engine runs only on GPUs of the compute capability it was built for."""
+    if backend == "tensorrt" and metadata["compute_capability"] != device[1]:
+        raise StaleEngine(f"{path} was built for a GPU of compute capability {metadata['compute_capability']} "
+                          f"({metadata['device']}), this one is {device[1]} ({device[0]})")
 
 
 def _deserialize_tensorrt(path):
@@ -160,7 +228,29 @@ def _deserialize_tensorrt(path):
     engine = runtime.deserialize_cuda_engine(path.read_bytes())
     if engine is None:
         raise CourseError(f"TensorRT could not load {path} (see its log above): rebuild it with `make build`")
-    return engine, runtime
+    return _TensorRTEngine(engine, path), runtime
+
+
+class _TensorRTEngine:
+    """TensorRT's engine, except that a context it cannot create is one line instead of a crash later.
+
+    TensorRT reserves the activation memory of a profile's largest batch when it creates a context, and returns
+    None where that does not fit in GPU memory; the steps would fail on their first call to that None.
+    """
+
+    def __init__(self, engine, path):
+        self._engine, self._path = engine, path
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def create_execution_context(self):
+        context = self._engine.create_execution_context()
+        if context is None:
+            raise CourseError(f"out of GPU memory creating an execution context for {self._path} (TensorRT reserves "
+                              "the memory of its profiles' largest batch): build the engine with a smaller --profile "
+                              "MAX, or free the GPU")
+        return context
 
 
 def _tensorrt_nptype(dtype):

@@ -295,7 +295,8 @@ def build_report(source, output, nsys, source_line):
     notes += [f"{r['stem']}: not a ladder step (kind {r.get('kind', 'unknown')!r}), not in the table"
               for r in results if not steps.has_timed_window(r)]
     if not ladder:
-        raise CourseError(f"no step result in {source}/ has a timed window (\"last3_ms\")")
+        raise CourseError(f"no step result in {source}/ has a timed window (\"last3_ms\"): run the steps "
+                          "(`make run-all`) first")
     output.mkdir(parents=True, exist_ok=True)
     traces, figures, trace_notes = read_traces(source, ladder + beyond, nsys)
     notes += trace_notes
@@ -339,10 +340,10 @@ def parse_arguments(argv=None):
         prog="python -m common.report",
         description="Summarise the steps' results: reports/summary.md, reports/ladder.png and a timeline picture "
                     "per profiled step.")
-    parser.add_argument("--reports", type=Path, default=DEFAULT_REPORTS,
+    parser.add_argument("--reports", type=cli.non_empty_path, default=DEFAULT_REPORTS,
                         help=f"where the steps wrote <stem>.json and <stem>.nsys-rep; the report is written here "
                              f"too (default: {DEFAULT_REPORTS}/)")
-    parser.add_argument("--examples", type=Path, default=DEFAULT_EXAMPLES,
+    parser.add_argument("--examples", type=cli.non_empty_path, default=DEFAULT_EXAMPLES,
                         help="committed results to report when the reports directory holds none "
                              f"(default: {DEFAULT_EXAMPLES}/)")
     parser.add_argument("--nsys", help="the nsys executable that exports .nsys-rep files (default: nsys on PATH)")
@@ -351,8 +352,13 @@ def parse_arguments(argv=None):
 
 def main(argv=None):
     args = parse_arguments(argv)
+    cli.check_writable_directory(args.reports, "--reports")  # before any work, and before naming a source
     source, source_line = choose_source(args.reports, args.examples)
-    notes, timelines = build_report(source, args.reports, args.nsys or shutil.which("nsys"), source_line)
+    try:
+        notes, timelines = build_report(source, args.reports, args.nsys or shutil.which("nsys"), source_line)
+    except OSError as error:  # what it reads is read with care; this is a write that failed after the check
+        raise CourseError(f"could not write the report to {args.reports}/ ({error}): pass --reports a directory "
+                          "you can write to") from None
     for note in notes:
         print(f"report: {note}")
     print(f"report: wrote summary.md, ladder.png and {timelines} timeline picture(s) to {args.reports}/")

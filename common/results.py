@@ -216,8 +216,13 @@ def run_record():
 
 def save(reports, stem, result):
     """Write reports/<stem>.json."""
-    Path(reports).mkdir(parents=True, exist_ok=True)
-    Path(reports, f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    path = Path(reports, f"{stem}.json")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+    except OSError as error:  # checked before the run, but a disk can fill up or a directory go away since
+        raise CourseError(f"could not write {path} ({error.strerror}): pass --reports a directory you can "
+                          "write to") from None
 
 
 def versions():

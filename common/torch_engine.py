@@ -92,10 +92,13 @@ class TorchEngine:
 
 def load_torch_engine(weights_path, precision, profiles, image_input):
     """The stand-in's "deserialization": the module the ONNX export runs (data.inference_model), on the GPU."""
-    model = data.inference_model(data.load_model(weights_path), precision, image_input.dtype).cuda()
-    if precision == "fp16":
-        # channels-last lets cuDNN pick tensor-core kernels without layout transposes, as TensorRT would.
-        model = model.to(memory_format=torch.channels_last)
+    try:
+        model = data.inference_model(data.load_model(weights_path), precision, image_input.dtype).cuda()
+        if precision == "fp16":
+            # channels-last lets cuDNN pick tensor-core kernels without layout transposes, as TensorRT would.
+            model = model.to(memory_format=torch.channels_last)
+    except torch.cuda.OutOfMemoryError:
+        raise CourseError(f"out of GPU memory loading {weights_path}: free the GPU") from None
     return TorchEngine(model, profiles, image_input)
 
 

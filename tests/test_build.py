@@ -1,5 +1,6 @@
 """CPU tier: the ONNX exports match PyTorch, and engine files carry metadata that loading checks."""
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -9,7 +10,9 @@ import torch
 
 from common import build, data, engine
 from common.errors import CourseError
-from conftest import run_script
+from conftest import make_course, run_script
+
+BUILD_OUTPUT = {}  # the 0_build.py arguments, joined -> what the built fixture's 0_build.py printed
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +23,50 @@ def built(tmp_path_factory):
     for args in (["--precision", "fp32"], ["--precision", "fp16"], ["--precision", "fp16", "--input", "uint8"]):
         result = run_script("0_build.py", "--backend", "torch", *args, cwd=workdir)
         assert result.returncode == 0, result.stderr
+        BUILD_OUTPUT[" ".join(args)] = result
     return workdir
+
+
+@pytest.mark.parametrize("build_args", ["--precision fp32", "--precision fp16", "--precision fp16 --input uint8"])
+def test_build_prints_no_warning(built, build_args):
+    """The exporter's own FutureWarning (about torch's pytree internals) is silenced at the export, and only it."""
+    result = BUILD_OUTPUT[build_args]
+    assert "Warning" not in result.stdout + result.stderr, result.stderr
+    assert result.stderr == "" and result.stdout.splitlines()[-1].startswith("built engines/resnet18_")
+
+
+def test_only_the_exporters_known_warning_is_silenced(tmp_path, monkeypatch):
+    """Another warning raised during the export still reaches the user."""
+    import warnings
+
+    def export(*args, **kwargs):
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning)
+        warnings.warn("something else", FutureWarning)
+    monkeypatch.setattr(torch.onnx, "export", export)
+    monkeypatch.setattr(data, "load_model", lambda path: torch.nn.Identity())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build.export_onnx("weights", "fp32", "float32", tmp_path / "model.onnx", max_batch=4)
+    assert [str(warning.message) for warning in caught] == ["something else"]
+
+
+def test_corrupt_metadata_is_reported_and_rebuilt(built):
+    """The issue's case: garbage in the engine's metadata file, and in the weights' record as well. 0_build.py
+    says so in one line each and builds again; the weights it writes again are the same, so the fp32 engine
+    stays valid."""
+    metadata_file = built / "engines/resnet18_fp16.torch.pt.json"
+    metadata_file.write_text("garbage\n")
+    (built / "engines/resnet18_weights.pt.json").write_text("[]")
+    result = run_script("0_build.py", "--backend", "torch", "--precision", "fp16", cwd=built)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stdout.splitlines()
+    assert "engines/resnet18_weights.pt.json cannot be read or is not a JSON object: writing the weights again" in lines
+    assert any(line.startswith(f"{metadata_file.relative_to(built)} is not valid JSON (") and
+               line.endswith("): rebuilding it") for line in lines), result.stdout
+    assert lines[-1].startswith("built engines/resnet18_fp16.torch.pt")
+    assert json.loads(metadata_file.read_text())["precision"] == "fp16"
+    up_to_date = run_script("0_build.py", "--backend", "torch", "--precision", "fp32", cwd=built)
+    assert up_to_date.returncode == 0 and "is up to date" in up_to_date.stdout, up_to_date.stdout
 
 
 def onnx_logits(path, images):
@@ -100,10 +146,9 @@ def test_bad_profile_is_one_line(built, profile, message):
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
-def check(built, monkeypatch, path, backend="torch", precision="fp16", device=("GPU", "9.0"), input_dtype="float32"):
+def check(built, monkeypatch, path, backend="torch", precision="fp16", input_dtype="float32"):
     monkeypatch.chdir(built)
-    metadata = engine._read_metadata(build.engine_path("resnet18_fp16", "torch") if path is None else path)
-    engine._check_metadata(metadata, path, backend, precision, device, input_dtype)
+    engine.check_file(backend, path, precision, input_dtype)
 
 
 def test_matching_engine_passes_the_checks(built, monkeypatch):
@@ -129,13 +174,13 @@ def test_engine_with_the_wrong_input_type_is_refused_before_loading(built, monke
     """engine.load checks the metadata before it touches the GPU: on a CPU the stand-in is never loaded."""
     monkeypatch.chdir(built)
     with pytest.raises(CourseError) as refused:
-        engine.load("torch", build.engine_path(name, "torch"), "fp16", ("GPU", "9.0"), input_dtype)
+        engine.load("torch", build.engine_path(name, "torch"), "fp16", ("GPU", "9.0"), input_dtype=input_dtype)
     assert message in str(refused.value) and "\n" not in str(refused.value)
 
 
 def test_engine_from_before_input_types_were_recorded_takes_float32(built, monkeypatch, tmp_path):
     old = tmp_path / "old.torch.pt"
-    old.write_bytes(b"")
+    shutil.copyfile(built / "engines/resnet18_fp16.torch.pt", old)
     metadata = json.loads((built / "engines/resnet18_fp16.torch.pt.json").read_text())
     del metadata["input_dtype"], metadata["input_layout"]
     build.metadata_path(old).write_text(json.dumps(metadata))
@@ -164,7 +209,7 @@ def test_engine_from_other_weights_is_refused(built, monkeypatch, tmp_path):
     stale = tmp_path / "stale.torch.pt"
     stale.write_bytes(b"")
     metadata = json.loads((built / "engines/resnet18_fp16.torch.pt.json").read_text())
-    build.metadata_path(stale).write_text(json.dumps({**metadata, "weights_digest": "0" * 16}))
+    build.metadata_path(stale).write_text(json.dumps({**metadata, "weights_digest": "0" * 16, "backend": "torch"}))
     with pytest.raises(CourseError, match="built from other weights"):
         check(built, monkeypatch, stale)
 
@@ -189,7 +234,7 @@ def test_missing_engine_or_metadata_is_a_clear_error(tmp_path, files, message):
     if "engine" in files:
         path.write_bytes(b"")
     with pytest.raises(CourseError, match=message):
-        engine._read_metadata(path)
+        engine.read_metadata(path)
 
 
 def test_batch_outside_every_profile_is_refused():
@@ -205,3 +250,60 @@ def test_steps_on_profile_0_refuse_a_batch_only_profile_1_takes():
     loaded.check_batch(128, profile=None)  # a step that routes batches by profile
     with pytest.raises(CourseError, match="batch size 128 is outside optimization profile 0"):
         loaded.check_batch(128, profile=0)
+
+
+
+@pytest.mark.parametrize("damage, said", [
+    (lambda engine_file, metadata_file: engine_file.write_bytes(engine_file.read_bytes()[:10]),
+     "(truncated or overwritten): rebuilding it"),
+    (lambda engine_file, metadata_file: engine_file.write_bytes(engine_file.read_bytes()[::-1]),
+     "has changed since it was built (its content does not match its metadata): rebuilding it"),
+    (lambda engine_file, metadata_file: metadata_file.write_text("[]"), "is not of format"),
+    (lambda engine_file, metadata_file: metadata_file.write_text('{"format": 2}'), "lacks backend"),
+    (lambda engine_file, metadata_file: metadata_file.unlink(), "has no metadata file"),
+])
+def test_build_rebuilds_an_engine_it_cannot_trust(tmp_path, monkeypatch, capsys, damage, said):
+    """0_build.py's up-to-date check reads the metadata as the steps do; what they refuse, it rebuilds (and says why)."""
+    from common import steps
+    monkeypatch.chdir(make_course(tmp_path))
+    path = build.engine_path("resnet18_fp16", "torch")
+    is_up_to_date = steps.load("0_build").is_up_to_date
+    assert is_up_to_date(path, "torch", "fp16", [(1, 128, 128)], None, "float32")
+    damage(path, build.metadata_path(path))
+    assert not is_up_to_date(path, "torch", "fp16", [(1, 128, 128)], None, "float32")
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith(str(path)) and said in printed and printed.endswith(": rebuilding it"), printed
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", b"PK\x03\x04 truncated zip"])
+def test_weights_that_do_not_load_are_one_line(tmp_path, content):
+    """The stand-in's engine file is its weights: a damaged one is refused in one line (torch's own are many)."""
+    path = tmp_path / "resnet18_weights.pt"
+    path.write_bytes(content)
+    with pytest.raises(CourseError, match=r"is not ResNet-18's weights as the course saves them \(\w+\): rebuild") as error:
+        data.load_model(path)
+    assert "\n" not in str(error.value)
+
+
+def test_a_damaged_reference_cache_is_computed_again(built, tmp_path):
+    images = [data.make_batches(1, 2, seed=5)[0]]
+    weights = built / build.WEIGHTS_PATH
+    first = data.reference_logits(weights, images, tmp_path)
+    cache, = tmp_path.glob("reference-*.npz")
+    cache.write_bytes(cache.read_bytes()[:100])  # an interrupted write
+    np.testing.assert_array_equal(data.reference_logits(weights, images, tmp_path)[0], first[0])
+    np.testing.assert_array_equal(data.reference_logits(weights, images, tmp_path)[0], first[0])  # from the cache
+
+
+def test_tensorrt_context_that_does_not_fit_is_one_line():
+    """TensorRT returns None where a context's activation memory does not fit; the steps would crash on it later."""
+    class EngineOutOfMemory:
+        num_io_tensors = 2
+
+        def create_execution_context(self):
+            return None
+    wrapped = engine._TensorRTEngine(EngineOutOfMemory(), "engines/resnet18_fp16_wide.plan")
+    assert wrapped.num_io_tensors == 2  # everything else is TensorRT's engine
+    with pytest.raises(CourseError, match="out of GPU memory creating an execution context for "
+                                          "engines/resnet18_fp16_wide.plan .*: build the engine with a smaller"):
+        wrapped.create_execution_context()

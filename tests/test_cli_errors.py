@@ -1,10 +1,10 @@
 """CPU tier: a wrong environment or bad input ends with one line that says what to do, never a traceback."""
-import shutil
 import subprocess
 
 import pytest
 
-from conftest import REPO, gpu_reason, run_script
+from common import cli
+from conftest import REPO, gpu_reason, make_course, run_script
 
 
 def assert_one_line_error(result, expected):
@@ -16,7 +16,7 @@ def assert_one_line_error(result, expected):
 
 @pytest.mark.skipif(gpu_reason() is None, reason="checks the message given where there is no GPU")
 def test_no_gpu_is_one_line(tmp_path):
-    result = run_script("1_baseline.py", "--backend", "torch", cwd=tmp_path)
+    result = run_script("1_baseline.py", "--backend", "torch", cwd=make_course(tmp_path))  # an engine to reach the GPU
     assert_one_line_error(result, "error: no usable NVIDIA driver")
 
 
@@ -71,7 +71,14 @@ def test_build_makes_step12s_engine_and_run_all_runs_step12():
     assert "9_multi_profiles 12_gpu_preprocessing;" in dry_run
 
 
-@pytest.mark.skipif(shutil.which("nsys") is not None, reason="nsys is installed here")
-def test_profile_all_without_nsys_is_one_line(tmp_path):
-    result = make("profile-all", "PYTHON=true", "NSYS=nsys-missing")  # PYTHON=true: skip the build's work
-    assert result.returncode != 0 and "error: nsys not found" in result.stdout + result.stderr
+def test_profile_all_without_nsys_stops_before_the_build():
+    """PYTHON=false: a build that started would fail on its own, with another message."""
+    result = make("profile-all", "PYTHON=false", "NSYS=nsys-missing")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "error: nsys not found" in output
+    assert "0_build.py" not in output and "pip" not in output
+
+
+def test_checking_a_directory_that_can_be_created_leaves_no_trace(tmp_path):
+    cli.check_writable_directory(tmp_path / "a/b/c", "--reports")
+    assert list(tmp_path.iterdir()) == []

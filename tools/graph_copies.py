@@ -9,7 +9,6 @@ The H2D is not a candidate: it runs on the copy stream to overlap the previous b
 Run after `make build`: python tools/graph_copies.py [--backend torch] [--batch-size 128] [--repeats 200]
 """
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -58,7 +57,7 @@ def measure(stream, launch, repeats):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", choices=["auto", "tensorrt", "torch"], default=os.environ.get("BACKEND", "auto"))
+    cli.add_backend_option(parser)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=200)
     args = parser.parse_args()
