@@ -76,7 +76,7 @@ def parse_args():
     parser.add_argument("--batches", type=cli.whole_number(3, MAX_RUNS), default=10,
                         help="runs timed per batch size for each figure (default 10; small batches run more, "
                              f"to last at least {MIN_SECONDS} s)")
-    parser.add_argument("--repeats", type=cli.whole_number(1), default=5,
+    parser.add_argument("--repeats", type=cli.whole_number(1, MAX_RUNS), default=5,
                         help="throughput measurements per batch size (default 5): the figure is their median, their "
                              "range decides whether the knee can be named")
     parser.add_argument("--knee-within", type=cli.number(0, 100, low_allowed=True), default=5.0, metavar="PERCENT",

@@ -53,20 +53,22 @@ def parse_args():
     parser = cli.parser(__doc__)
     parser.add_argument("--latency-batch-sizes", type=batch_sizes, default=[1, 8, 32], metavar="N,N,...",
                         help="batch sizes of the latency side, one batch alone (default 1,8,32)")
-    parser.add_argument("--fp32-input-engine", help="the engine the latency side compares with (default: "
+    parser.add_argument("--fp32-input-engine", type=cli.non_empty_path,
+                        help="the engine the latency side compares with (default: "
                         f"{FP32_INPUT_ENGINE} under engines/)")
     return parser.parse_args()
 
 
-def load_fp32_input_engine(args, run):
-    """Step 4's engine, checked before any timing, like this step's: both must take every latency batch size."""
-    backend = run.loaded.backend
+def check_fp32_input_engine(args):
+    """Step 4's engine file, checked before the GPU like this step's: both must take every latency batch size."""
+    backend = engines.resolve_backend(args.backend)
     path = args.fp32_input_engine or build.engine_path(FP32_INPUT_ENGINE, backend)
-    fp32_input = engines.load(backend, path, "fp16", run.device)
-    for loaded in (run.loaded, fp32_input):
+    engine_file = engines.check_file(backend, path, "fp16")
+    own = engines.check_file(backend, args.engine or build.engine_path(ENGINE, backend), "fp16", "uint8")
+    for checked in (own, engine_file):
         for batch_size in args.latency_batch_sizes:
-            loaded.check_batch(batch_size, profile=0)
-    return fp32_input
+            checked.check_batch(batch_size, profile=0)
+    return engine_file
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -127,8 +129,9 @@ def print_latency(rows):
 
 def main():
     args = parse_args()
+    fp32_input_file = check_fp32_input_engine(args)
     run = workload.prepare(args, ENGINE, precision="fp16", input_dtype="uint8")
-    fp32_input = load_fp32_input_engine(args, run)
+    fp32_input = engines.load(run.loaded.backend, fp32_input_file.path, "fp16", run.device, checked=fp32_input_file)
     batches = cuda.pinned_copies(run.batches)  # as if the decoder had written them there
     outputs = [None] * len(batches)
     timer = results.Timer(args.batches, args.repeats)

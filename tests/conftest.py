@@ -40,6 +40,7 @@ STAND_IN_ENGINES = {
     "resnet18_fp16": ("fp16", [(1, 128, 128)]),
     "resnet18_fp16_2profiles": ("fp16", [(1, 16, 32), (33, 128, 128)]),
     "resnet18_fp16_wide": ("fp16", [(1, 256, 1024)]),
+    "resnet18_fp16_uint8": ("fp16", [(1, 128, 128)], "uint8"),
 }
 
 
@@ -48,14 +49,15 @@ def make_course(directory):
     every engine file with its metadata, and a step's earlier result in reports/. A few bytes stand in for the
     weights (and so for the stand-in's engine files, which are a copy of them): the checks made before the GPU
     compare digests and never load them. Returns `directory`."""
-    from common import build
+    from common import build, data
     weights = directory / build.WEIGHTS_PATH
     weights.parent.mkdir(parents=True, exist_ok=True)
     weights.write_bytes(b"a stand-in for the weights, never loaded by a run that stops before the GPU\n")
-    for name, (precision, profiles) in STAND_IN_ENGINES.items():
+    for name, (precision, profiles, *input_dtype) in STAND_IN_ENGINES.items():
         target = directory / build.engine_path(name, "torch")
         shutil.copyfile(weights, target)
-        build.write_metadata(target, "torch", precision, profiles, weights, build.ENGINE_DIR / f"{name}.onnx")
+        build.write_metadata(target, "torch", precision, profiles, weights, build.ENGINE_DIR / f"{name}.onnx",
+                             image_input=data.IMAGE_INPUTS[input_dtype[0] if input_dtype else "float32"])
     (directory / "reports").mkdir(exist_ok=True)
     shutil.copy(REPO / "results/h100-torch/1_baseline.json", directory / "reports")
     return directory

@@ -233,6 +233,7 @@ def step_options(precision, outside_profile, batches=None):
         "--batches": batches or whole_number_values(4, cli.MAX_BATCHES) + [
             Bad(str(cli.MAX_BATCHES), "GiB of host memory", "as many as allowed: more than the host's memory",
                 usage=False)],
+        "--repeats": whole_number_values(1, cli.MAX_REPEATS),
         "--batch-size": whole_number_values(1, too_large=Bad(
             "100000", outside_profile, "huge (outside the engine's profile)", usage=False)),
         "--seed": whole_number_values(0, cli.MAX_SEED),
@@ -256,6 +257,7 @@ def multi_profile_step():
 def sweep_step():
     step = steps.load("10_batch_size_sweep")
     options = step_options("fp16", "is outside the first profile", batches=whole_number_values(3, step.MAX_RUNS))
+    options["--repeats"] = whole_number_values(1, step.MAX_RUNS)
     options["--knee-within"] = number_values(0, 100, low_allowed=True)
     options["--latency-budget-ms"] = number_values(0)
     return Script(options, step.ENGINE)
@@ -266,6 +268,7 @@ def dynamic_batching_step():
     requests = "requests per run: a run needs 1 to"
     options = step_options("fp16", "is outside every profile", batches=[
         Bad("10", "step 11 has no --batches", "any value (requests are what count here)")])
+    options["--repeats"] = [Bad("3", "step 11 has no --repeats", "any value (one run per rate and setting)")]
     options["--rates"] = list_values(0, low_allowed=False) + [
         Bad("1e12", requests, "huge (more requests than a run can hold)"),
         Bad("0.5", requests, "so low that a run expects no request")]
@@ -274,6 +277,15 @@ def dynamic_batching_step():
         Bad("1e9", requests, "huge (more requests than a run can hold)"),
         Bad("1e-9", requests, "so short that a run expects no request")]
     return Script(options, step.ENGINE)
+
+
+def gpu_preprocessing_step():
+    bad_list = "is not a whole number"
+    return step_script("12_gpu_preprocessing", extra={
+        "--latency-batch-sizes": [Bad("x", bad_list, "not a number"), Bad("", bad_list, "empty"),
+                                  Bad("1,,8", bad_list, "an empty item"), Bad("0", "must be at least 1", "zero"),
+                                  Bad("8,-1", "must be at least 1", "a negative item")],
+        "--fp32-input-engine": [Bad("", "an empty path", "empty")]})
 
 
 def build_script():
@@ -335,6 +347,7 @@ SCRIPTS = {
     "9_multi_profiles": multi_profile_step(),
     "10_batch_size_sweep": sweep_step(),
     "11_dynamic_batching": dynamic_batching_step(),
+    "12_gpu_preprocessing": gpu_preprocessing_step(),
     "common.report": report_script(),
 }
 
