@@ -167,7 +167,7 @@ def beyond_the_ladder(beyond, ladder, figures):
     for result in beyond:
         rung_number = steps.BEYOND_THE_LADDER[steps.step_number(result)]
         rung = next((r for r in ladder if steps.step_number(r) == rung_number), None)
-        versus = f"{comparison_text(steps.compare(result, rung))} step {rung_number}" if rung else "–"
+        versus = versus_text(steps.compare(result, rung), rung_number) if rung else "–"
         spans = steps.windows(result)
         trace = figures.get(result["stem"], (None,))[0]
         lines.append(
@@ -176,6 +176,12 @@ def beyond_the_ladder(beyond, ladder, figures):
             f"| {f'{trace.h2d_ms:.3f}' if trace else '–'} | {trace.limited_by if trace else '–'} "
             f"| {cell(check_text(result.get('check')))} |")
     return lines
+
+
+def versus_text(comparison, step):
+    """'1.04× step 8 (faster)', '1.01× step 8 (within noise)'."""
+    verdict, factor = comparison
+    return f"{factor:.2f}× step {step} ({verdict})"
 
 
 def step_label(result):
