@@ -17,7 +17,7 @@ from conftest import assert_refused, requires_gpu, run_script, snapshot
 
 pytestmark = requires_gpu
 TORCH = ["--backend", "torch"]
-SMALL = ["--batches", "4", "--batch-size", "32"]  # for the ladder's steps
+SMALL = ["--batches", "4", "--batch-size", "32", "--repeats", "1"]  # for the ladder's steps
 DAMAGED = "engines/damaged.torch.pt"
 
 

@@ -85,7 +85,7 @@ def test_standin_allocates_nothing_after_first_enqueue_of_a_shape(workdir, monke
     import torch
     from common import cuda, engine
     monkeypatch.chdir(workdir)
-    loaded = engine.load("torch", f"engines/{name}.torch.pt", "fp16", cuda.require_gpu(), input_dtype)
+    loaded = engine.load("torch", f"engines/{name}.torch.pt", "fp16", cuda.require_gpu(), input_dtype=input_dtype)
     context, stream = loaded.engine.create_execution_context(), cuda.create_stream()
     images, logits = cuda.malloc(loaded.input.nbytes(32)), cuda.malloc(loaded.output.nbytes(32))
     context.set_input_shape("input", loaded.input.shape_for(32))
