@@ -37,7 +37,7 @@ class LadderBar:
 def plot_ladder(path, bars, floor, xlabel, title):
     """Horizontal bars (step names stay readable) of ms per batch, each with its windows' range as an error bar,
     its note beside it, and the floor (ms, label) as a dashed line with each bar's distance from it."""
-    figure, axes = plt.subplots(figsize=(11, 1.5 + 0.55 * len(bars)), layout="constrained")
+    figure, axes = plt.subplots(figsize=(12, 1.5 + 0.55 * len(bars)), layout="constrained")
     values = [bar.ms for bar in bars]
     errors = [[bar.ms - bar.fastest_ms for bar in bars], [bar.slowest_ms - bar.ms for bar in bars]]
     drawn = axes.barh([bar.label for bar in bars], values, xerr=errors, color="#1f5fbf",
@@ -50,7 +50,7 @@ def plot_ladder(path, bars, floor, xlabel, title):
     if floor:
         axes.axvline(floor[0], color="#c0392b", linestyle="--", linewidth=1.2, label=floor[1])
         axes.legend(loc="lower right", fontsize=9)
-    axes.set_xlim(0, max(bar.slowest_ms for bar in bars) * 1.7)  # room for the labels right of the longest bar
+    axes.set_xlim(0, max(bar.slowest_ms for bar in bars) * 1.9)  # room for the labels right of the longest bar
     axes.set_xlabel(xlabel)
     axes.set_ylabel("step")
     axes.set_title(title, fontsize=11)

@@ -238,9 +238,9 @@ def draw_ladder(path, ladder):
     bars = []
     for result, (over_baseline, over_previous) in zip(ladder, steps.speedups(ladder)):
         spans = steps.windows(result)
-        note = [f"{times(over_baseline[1])} baseline images/s" if over_baseline else ""]
-        if over_previous and over_previous[0] == "within noise":
-            note.append("within noise of the previous step")
+        note = [f"{times(over_baseline[1])} baseline" if over_baseline else ""]
+        if over_previous and over_previous[0] in ("within noise", "other workload"):
+            note.append(f"{over_previous[0]} vs previous")
         bars.append(plots.LadderBar(step_label(result), steps.ms_per_batch(result), min(spans), max(spans),
                                     ", ".join(filter(None, note))))
     floors = [(steps.floor_ms(r), r) for r in ladder if steps.floor_ms(r)]

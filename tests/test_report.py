@@ -2,7 +2,8 @@
 
 The traces are real Nsight Systems SQLite exports made on the lent H100 (nsys 2025.3.1) and trimmed
 with tools/trim_nsys_sqlite.py:
-- tests/fixtures/nsys/<stem>.sqlite and <stem>.json: the course's own steps, from `make profile-all`;
+- results/h100-torch/<stem>.sqlite and <stem>.json: the course's own steps, from `make profile-all` (the committed
+  example results; tests/fixtures/nsys holds nsys stats' own totals for them);
 - tests/fixtures/nsys_probe/<name>.sqlite: a probe that uses the course's NVTX conventions (a baseline, two
   streams with an output thread, a CUDA graph; README.md there), with the CSVs of nsys's own
   `nsys stats --filter-nvtx "last 3 batches"` beside each.
@@ -28,9 +29,10 @@ from tools import trim_nsys_sqlite
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
-COURSE_FIXTURES = FIXTURES / "nsys"  # the course's steps, profiled on the H100
-PROBE_FIXTURES = FIXTURES / "nsys_probe"
 EXAMPLE_RESULTS = REPO / "results" / "h100-torch"
+COURSE_FIXTURES = EXAMPLE_RESULTS  # the course's steps, profiled on the H100: the committed example results
+COURSE_STATS = FIXTURES / "nsys"  # nsys stats' own totals for them
+PROBE_FIXTURES = FIXTURES / "nsys_probe"
 PROBE_STEPS = {"baseline": (1, "1_baseline"), "overlap": (5, "5_multi_streams"), "graph": (7, "7_cuda_graph")}
 FIXTURE_SIZE_LIMIT = 2_000_000  # bytes: fixtures are committed
 
@@ -161,7 +163,8 @@ def test_run_range_figures_match_independent_computation(database):
 
 
 def nsys_stats(database, report_name):
-    path = database.with_name(f"{database.stem}.{report_name}.csv")
+    directory = COURSE_STATS if database.parent == COURSE_FIXTURES else database.parent
+    path = directory / f"{database.stem}.{report_name}.csv"
     if not path.exists():
         pytest.skip(f"missing {path.relative_to(REPO)} (nsys stats -r {report_name} --filter-nvtx 'last 3 batches')")
     return list(csv.DictReader(path.open()))
