@@ -1,4 +1,4 @@
-"""The steps' results as the report compares them: load the JSONs, their steady-state figures, the noise.
+"""The steps' results as the report compares them: load the JSONs, their steady-state figures, the noise, the ladder chart.
 
 A result is what common/results.py wrote: reports/<stem>.json. Results from before the course timed
 several windows hold only the source tutorial's figure ("last3_ms"); they count as one window.
@@ -6,7 +6,7 @@ several windows hold only the source tutorial's figure ("last3_ms"); they count 
 import json
 import re
 
-from common import stats
+from common import plots, stats
 
 TUTORIAL_BATCHES = 3  # results.TIMED_BATCHES, the source tutorial's window (results imports the GPU stack)
 BEYOND_THE_LADDER = {12: 8}  # steps beyond the ladder that run the ladder's workload -> the rung they compare with
@@ -101,7 +101,57 @@ def speedups(ladder):
     return pairs
 
 
+def step_label(result):
+    return str(result.get("stem", "?"))
+
+
+def times(factor):
+    return f"{factor:.2f}×" if factor else "–"
+
+
 def floor_ms(result):
-    """The larger of one batch's H2D and inference alone (common/floor.py); None for results without it."""
+    """The larger of the step's H2D and inference per batch (common/floor.py); None for results without it."""
     floor = result.get("floor")
     return max(floor.values()) if isinstance(floor, dict) and floor else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# The ladder chart (common/plots.py draws it)
+
+
+def draw_ladder(path, ladder):
+    """The ladder chart: every step's median ms per batch with its windows' range, its speedup, and the floor."""
+    bars = []
+    for result, (over_baseline, over_previous) in zip(ladder, speedups(ladder)):
+        spans = windows(result)
+        note = [f"{times(over_baseline[1])} baseline" if over_baseline else ""]
+        if over_previous and over_previous[0] in ("within noise", "other workload"):
+            note.append(f"{over_previous[0]} vs previous")
+        bars.append(plots.LadderBar(step_label(result), ms_per_batch(result), min(spans), max(spans),
+                                    ", ".join(filter(None, note))))
+    floors = [(floor_ms(r), r) for r in ladder if floor_ms(r)]
+    floor = None
+    if floors:
+        lowest, result = min(floors, key=lambda pair: pair[0])
+        floor = (lowest, f"floor {lowest:.2f} ms: max(H2D {result['floor']['h2d_ms']:.2f}, inference "
+                           f"{result['floor']['inference_ms']:.2f}) per batch on one stream, {step_label(result)}'s "
+                           "engine")
+    plots.plot_ladder(path, bars, floor, "time per batch (ms): median over the timed windows, bars from the fastest "
+                                         "to the slowest window; shorter is faster",
+                      f"Inference ladder\n{ladder_subtitle(ladder)}")
+
+
+def ladder_subtitle(ladder):
+    devices = sorted({str(r["device"]) for r in ladder if r.get("device")})
+    backends = sorted({str(r["backend_label"]) for r in ladder if r.get("backend_label")})
+    sizes = sorted({str(r["batch_size"]) for r in ladder if r.get("batch_size")})
+    return f"{', '.join(devices) or 'unknown device'}; {', '.join(backends) or 'unknown backend'}; " \
+           f"batches of {', '.join(sizes) or '?'} images{profiling_note(ladder)}"
+
+
+def profiling_note(ladder):
+    """Runs under nsys pay its tracing cost on every CUDA call: say so wherever their times are shown."""
+    profiled = [r for r in ladder if r.get("under_nsys")]
+    if not profiled:
+        return ""
+    return "; timed under nsys" if len(profiled) == len(ladder) else f"; {len(profiled)} step(s) timed under nsys"

@@ -45,7 +45,7 @@ def write_summary(path, ladder, beyond, figures, nsys_versions, notes, source_li
     if notes:
         lines += ["", "## What could not be read", ""] + [f"- {note}" for note in notes]
     lines += ["", "## Commands", ""]
-    lines += [f"- {step_label(r)}: `{r.get('command', 'command unknown')}` ({r.get('date', 'date unknown')})"
+    lines += [f"- {steps.step_label(r)}: `{r.get('command', 'command unknown')}` ({r.get('date', 'date unknown')})"
               for r in ladder + beyond]
     path.write_text("\n".join(lines) + "\n")
 
@@ -58,7 +58,7 @@ def describe_runs(ladder, source_line):
 
     dates = sorted({str(result["date"]) for result in ladder if result.get("date")})
     taken = " to ".join(dict.fromkeys([dates[0], dates[-1]])) if dates else "unknown"
-    nsys = profiling_note(ladder)
+    nsys = steps.profiling_note(ladder)
     return [f"- Device: {distinct('device')}",
             f"- Backend: {distinct('backend_label')}",
             f"- Workload: {distinct('repeats', '1')} timed window(s) of {distinct('batches')} batches of "
@@ -85,9 +85,9 @@ def timings_table(ladder, speedups):
         latency = (f"{result['latency_p50_ms']:.2f} / {result['latency_p99_ms']:.2f}"
                    if "latency_p50_ms" in result else "–")
         lines.append(
-            f"| {step_label(result)} | {cell(result.get('lesson', ''))} | {steps.ms_per_batch(result):.2f} "
+            f"| {steps.step_label(result)} | {cell(result.get('lesson', ''))} | {steps.ms_per_batch(result):.2f} "
             f"| {min(spans):.2f}–{max(spans):.2f} | {spread} | {count_text(steps.images_per_second(result))} "
-            f"| {times(over_baseline[1]) if over_baseline else '–'} | {comparison_text(over_previous)} | {latency} "
+            f"| {steps.times(over_baseline[1]) if over_baseline else '–'} | {comparison_text(over_previous)} | {latency} "
             f"| {cell(check_text(result.get('check')))} |")
     return lines
 
@@ -109,7 +109,7 @@ def floor_table(results, figures):
         floor = result["floor"]
         limit = figures[result["stem"]][0].limited_by if result["stem"] in figures else "– (not profiled)"
         output = f"{result['output_ms_per_batch']:.2f}" if "output_ms_per_batch" in result else "–"
-        lines.append(f"| {step_label(result)} | {floor['h2d_ms']:.2f} | {floor['inference_ms']:.2f} "
+        lines.append(f"| {steps.step_label(result)} | {floor['h2d_ms']:.2f} | {floor['inference_ms']:.2f} "
                      f"| {steps.floor_ms(result):.2f} | {steps.ms_per_batch(result) / steps.floor_ms(result):.2f}× "
                      f"| {output} | {limit} |")
     return lines
@@ -140,7 +140,7 @@ def trace_tables(results, figures, nsys_versions):
             f = figures[result["stem"]][0]
             shares = " | ".join(f"{f.busy_pct[resource]:.1f}" for resource in ("GPU compute", "H2D", "host enqueue",
                                                                                 "host output"))
-            lines.append(f"| {step_label(result)} | {shares} | {f.limited_by} |")
+            lines.append(f"| {steps.step_label(result)} | {shares} | {f.limited_by} |")
     lines += ["", f"Traces exported by Nsight Systems {', '.join(nsys_versions)}."]
     return lines
 
@@ -171,7 +171,7 @@ def beyond_the_ladder(beyond, ladder, figures):
         spans = steps.windows(result)
         trace = figures.get(result["stem"], (None,))[0]
         lines.append(
-            f"| {step_label(result)} | {cell(result.get('lesson', ''))} | {steps.ms_per_batch(result):.2f} "
+            f"| {steps.step_label(result)} | {cell(result.get('lesson', ''))} | {steps.ms_per_batch(result):.2f} "
             f"| {min(spans):.2f}–{max(spans):.2f} | {count_text(steps.images_per_second(result))} | {versus} "
             f"| {f'{trace.h2d_ms:.3f}' if trace else '–'} | {trace.limited_by if trace else '–'} "
             f"| {cell(check_text(result.get('check')))} |")
@@ -184,17 +184,9 @@ def versus_text(comparison, step):
     return f"{factor:.2f}× step {step} ({verdict})"
 
 
-def step_label(result):
-    return str(result.get("stem", "?"))
-
-
 def cell(text):
     """Text safe inside a Markdown table cell."""
     return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def times(factor):
-    return f"{factor:.2f}×" if factor else "–"
 
 
 def count_text(value):
@@ -220,55 +212,13 @@ def check_text(check):
 
 def figures_row(result, f):
     overlap = f"{f.copy_overlap_pct:.1f}" if f.copy_overlap_pct is not None else "no copies"
-    return (f"| {step_label(result)} | {f.h2d_ms:.3f} | {f.kernel_ms:.3f} | {f.d2h_ms:.3f} | {f.gpu_idle_pct:.1f} "
+    return (f"| {steps.step_label(result)} | {f.h2d_ms:.3f} | {f.kernel_ms:.3f} | {f.d2h_ms:.3f} | {f.gpu_idle_pct:.1f} "
             f"| {count(f.kernel_launches)} | {count(f.graph_launches)} | {overlap} | {f.alloc_free_ms:.3f} "
             f"| {count(f.allocation_calls)} |")
 
 
 def count(per_batch):
     return f"{per_batch:.0f}" if per_batch == int(per_batch) else f"{per_batch:.1f}"
-
-
-# ---------------------------------------------------------------------------------------------------
-# The ladder chart
-
-
-def draw_ladder(path, ladder):
-    """The ladder chart: every step's median ms per batch with its windows' range, its speedup, and the floor."""
-    bars = []
-    for result, (over_baseline, over_previous) in zip(ladder, steps.speedups(ladder)):
-        spans = steps.windows(result)
-        note = [f"{times(over_baseline[1])} baseline" if over_baseline else ""]
-        if over_previous and over_previous[0] in ("within noise", "other workload"):
-            note.append(f"{over_previous[0]} vs previous")
-        bars.append(plots.LadderBar(step_label(result), steps.ms_per_batch(result), min(spans), max(spans),
-                                    ", ".join(filter(None, note))))
-    floors = [(steps.floor_ms(r), r) for r in ladder if steps.floor_ms(r)]
-    floor = None
-    if floors:
-        floor_ms, result = min(floors, key=lambda pair: pair[0])
-        floor = (floor_ms, f"floor {floor_ms:.2f} ms: max(H2D {result['floor']['h2d_ms']:.2f}, inference "
-                           f"{result['floor']['inference_ms']:.2f}) per batch on one stream, {step_label(result)}'s "
-                           "engine")
-    plots.plot_ladder(path, bars, floor, "time per batch (ms): median over the timed windows, bars from the fastest "
-                                         "to the slowest window; shorter is faster",
-                      f"Inference ladder\n{ladder_subtitle(ladder)}")
-
-
-def ladder_subtitle(ladder):
-    devices = sorted({str(r["device"]) for r in ladder if r.get("device")})
-    backends = sorted({str(r["backend_label"]) for r in ladder if r.get("backend_label")})
-    sizes = sorted({str(r["batch_size"]) for r in ladder if r.get("batch_size")})
-    return f"{', '.join(devices) or 'unknown device'}; {', '.join(backends) or 'unknown backend'}; " \
-           f"batches of {', '.join(sizes) or '?'} images{profiling_note(ladder)}"
-
-
-def profiling_note(ladder):
-    """Runs under nsys pay its tracing cost on every CUDA call: say so wherever their times are shown."""
-    profiled = [r for r in ladder if r.get("under_nsys")]
-    if not profiled:
-        return ""
-    return "; timed under nsys" if len(profiled) == len(ladder) else f"; {len(profiled)} step(s) timed under nsys"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -308,7 +258,7 @@ def build_report(source, output, nsys, source_line):
     notes += trace_notes
     write_summary(output / "summary.md", ladder, beyond, figures,
                   sorted({trace.nsys_version for trace in traces.values()}), notes, source_line)
-    draw_ladder(output / "ladder.png", ladder)
+    steps.draw_ladder(output / "ladder.png", ladder)
     for result in ladder + beyond:
         if result["stem"] in traces:
             title = f"{result['stem']}: {result.get('lesson', '')}"

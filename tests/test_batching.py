@@ -16,7 +16,7 @@ import pytest
 from common import batching, plots, steps, torch_engine
 from common.batching import SweepRow
 from common.errors import CourseError
-from conftest import REPO, run_script
+from conftest import run_script
 
 
 def rows_from(throughputs):
