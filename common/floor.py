@@ -12,6 +12,9 @@ in a round.
 from common import cuda, nvtx, stats
 from common.errors import CourseError
 
+# Recorded with each result (from 479fe4d on): floors measured before, one batch alone or without the graph,
+# carry the host's kernel launches in their inference time, and the report says so where it is missing.
+METHOD = "back to back on one stream, inference as a CUDA graph"
 WARM_UP_RUNS = 2
 ROUNDS = 5
 BATCHES_PER_ROUND = 5

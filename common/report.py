@@ -98,8 +98,8 @@ def floor_table(results, figures):
         return []
     lines = ["", "## How far from the floor, and what limits each step", "",
              "The floor: the larger of the GPU time per batch of H2D copies from pinned memory and of inferences, each "
-             "on its own, batches queued back to back on one stream (CUDA events, after the step's timed run, on the "
-             "step's own engine). A pipeline with one stream of each kind produces batches no faster; two contexts "
+             "on its own, batches queued back to back on one stream, the inference as a CUDA graph (CUDA events, after "
+             "the step's timed run, on the step's own engine). A pipeline with one stream of each kind produces batches no faster; two contexts "
              "(steps 8 and 12) run two inferences at once and can go below it. Output processing: the host time of "
              "the step's post-processing of one batch (softmax and top-5 of every image). Limited by: from the trace "
              "(below), for profiled steps.", "",
@@ -112,6 +112,10 @@ def floor_table(results, figures):
         lines.append(f"| {steps.step_label(result)} | {floor['h2d_ms']:.2f} | {floor['inference_ms']:.2f} "
                      f"| {steps.floor_ms(result):.2f} | {steps.ms_per_batch(result) / steps.floor_ms(result):.2f}× "
                      f"| {output} | {limit} |")
+    earlier = [steps.step_label(r) for r in measured if "floor_method" not in r]  # recorded since the graph
+    if earlier:
+        lines += ["", f"The floors of {', '.join(earlier)} were measured by an earlier version of common/floor.py (one "
+                      "batch alone, or without the graph): their inference time carries the host's kernel launches."]
     return lines
 
 

@@ -152,6 +152,7 @@ def finish(docstring, args, run, timer, outputs, extra=None):
     result = {**step_record(docstring, loaded, device), "batches": args.batches, "repeats": args.repeats,
               "batch_size": args.batch_size, **timings(timer, run),
               "output_ms_per_batch": output_cost_ms(outputs[-1]), "floor": floor.measure(run, args.batch_size),
+              "floor_method": floor.METHOD,
               "check": check, **(extra or {}), **run_record()}
     save(args.reports, result["stem"], result)
     print_result(result, timer)

@@ -639,3 +639,13 @@ def test_trimming_an_export_without_the_window_fails_cleanly(tmp_path):
         trim_nsys_sqlite.main([str(source), str(tmp_path / "out.sqlite")])
     assert not (tmp_path / "out.sqlite").exists()
 
+
+
+def test_floors_measured_the_earlier_way_are_named(tmp_path, no_nsys):
+    floor = {"h2d_ms": 1.4, "inference_ms": 3.2}
+    write_result(tmp_path, 1, "1_step", 30.0, floor=floor)
+    write_result(tmp_path, 2, "2_step", 15.0, floor=floor, floor_method="back to back on one stream")
+    report.main(["--reports", str(tmp_path)])
+    summary = (tmp_path / "summary.md").read_text()
+    assert [row[3] for row in table_rows(summary, "| step | H2D (ms) | inference")] == ["3.20", "3.20"]
+    assert "The floors of 1_step were measured by an earlier version of common/floor.py" in summary
