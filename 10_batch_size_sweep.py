@@ -1,8 +1,9 @@
 """Batch-size sweep: throughput climbs with the batch size until the GPU is full; latency keeps climbing.
 
 Not a rung of the ladder: it measures step 7's pipeline (pinned memory, a copy stream and a compute stream
-ordered by events, a CUDA graph per batch size) at every batch size from 1 to the engine's largest, on
-an engine built with a wide dynamic batch range. It answers "which batch size?".
+ordered by events, a CUDA graph per batch size) at the powers of two (and both ends) from the profile's
+smallest batch to its largest (or --batch-size), on an engine built with a wide dynamic batch range. It
+answers "which batch size?".
 The sweep builds on step 7's pipeline, imported from 7_cuda_graph.py: its input slots, the H2D on the copy
 stream, the inference and the D2H on the compute stream, and its CUDA graphs. Added here: buffers for
 one batch size at a time, freed after it, and graphs captured before each batch size is timed and
@@ -19,7 +20,8 @@ the trade-offs (batches that no other batch beats on both latency and throughput
 model, the GPU and the precision: measure it, do not guess.
 - Latency: one batch alone (H2D, inference, D2H), host clock around it, median of --batches runs.
 - Throughput: batches back to back, the next batch's H2D overlapping this batch's inference (step 5),
-  at least --batches of them and enough to last 0.1 s; images per second, measured --repeats times
+  at least --batches of them and about 0.1 s of them (counted from the latency of a batch alone); images
+  per second, measured --repeats times
   (default 5): the figure is their median, and their range its noise. There is no output thread: the
   logits are checked once per batch size instead of being processed per batch.
 - Noise: a batch whose runs overlap those of the batch below is marked "within noise" of it. The knee is
@@ -172,7 +174,7 @@ class SweepGraphs(step7.InferenceGraphs):
         """A graph replays fixed addresses: once this batch size's buffers are freed, its graphs must go too."""
         cuda.synchronize(self.stream)
         for graph in self.graphs.values():
-            cuda.check(cuda.cudart.cudaGraphExecDestroy(graph))
+            cuda.destroy_graph(graph)
         self.graphs.clear()
 
 

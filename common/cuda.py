@@ -56,12 +56,17 @@ def free(address):
 def pinned_empty(shape, dtype):
     """A numpy array in page-locked (pinned) host memory, which the GPU's copy engines read directly.
 
-    The memory is freed when the process exits; the course allocates it once per run.
+    The memory is freed when the process exits, or by free_host; the steps allocate theirs once per run.
     """
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     address = check(cudart.cudaMallocHost(nbytes))
     buffer = (ctypes.c_byte * nbytes).from_address(address)
     return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+def free_host(array):
+    """Free the pinned memory of an array made by pinned_empty (the array must not be used afterwards)."""
+    check(cudart.cudaFreeHost(array.ctypes.data))
 
 
 def is_pinned(array):
@@ -96,6 +101,10 @@ def create_stream():
     return int(check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking)))
 
 
+def destroy_stream(stream):
+    check(cudart.cudaStreamDestroy(stream))
+
+
 def synchronize(stream):
     check(cudart.cudaStreamSynchronize(stream))
 
@@ -113,6 +122,10 @@ def create_timing_event():
 def elapsed_ms(start, end):
     """GPU time between two recorded timing events, in ms (both must have completed)."""
     return check(cudart.cudaEventElapsedTime(start, end))
+
+
+def destroy_event(event):
+    check(cudart.cudaEventDestroy(event))
 
 
 def record(event, stream):
@@ -161,6 +174,11 @@ def end_capture(stream):
         return check(cudart.cudaGraphInstantiate(graph, 0))
     finally:
         check(cudart.cudaGraphDestroy(graph))  # the executable graph is independent of its template
+
+
+def destroy_graph(graph_exec):
+    """Free an executable graph (from end_capture); nothing queued may still use it."""
+    check(cudart.cudaGraphExecDestroy(graph_exec))
 
 
 def launch_graph(graph_exec, stream):

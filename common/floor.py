@@ -12,16 +12,18 @@ in a round.
 from common import cuda, nvtx, stats
 from common.errors import CourseError
 
-# Recorded with each result (from 479fe4d on): floors measured before, one batch alone or without the graph,
-# carry the host's kernel launches in their inference time, and the report says so where it is missing.
+# Recorded with each result (from its last commit on): floors measured before, one batch alone or without the
+# graph, carry the host's kernel launches in their inference time, and the report says so where it is missing.
 METHOD = "back to back on one stream, inference as a CUDA graph"
+UNCAPTURED = "back to back on one stream, inference enqueued (the engine could not be captured)"
 WARM_UP_RUNS = 2
 ROUNDS = 5
 BATCHES_PER_ROUND = 5
 
 
 def measure(run, batch_size):
-    """{"h2d_ms": ..., "inference_ms": ...} for one batch of `batch_size` of this step's engine."""
+    """({"h2d_ms": ..., "inference_ms": ...}, how the inference was timed) for batches of `batch_size` of this
+    step's engine. What it makes is released before it returns (the context with the last reference to it)."""
     context = run.engine.create_execution_context()
     stream = cuda.create_stream()
     profile = run.loaded.profile_for(batch_size)
@@ -29,6 +31,7 @@ def measure(run, batch_size):
         context.set_optimization_profile_async(profile, stream)
     images = cuda.pinned_empty(run.input.shape_for(batch_size), run.input.dtype)
     input_address, output_address = cuda.malloc(images.nbytes), cuda.malloc(run.output.nbytes(batch_size))
+    graph = None
     try:
         context.set_input_shape(run.input.name, images.shape)
         context.set_tensor_address(run.input.name, input_address)
@@ -39,17 +42,24 @@ def measure(run, batch_size):
                 raise CourseError("execute_async_v3 failed: see the engine's log above")
 
         with nvtx.phase("floor"):
-            return {"h2d_ms": gpu_time_ms(lambda: cuda.memcpy_htod_async(input_address, images, stream), stream),
-                    "inference_ms": gpu_time_ms(as_graph(infer, stream), stream)}
+            h2d_ms = gpu_time_ms(lambda: cuda.memcpy_htod_async(input_address, images, stream), stream)
+            graph = capture(infer, stream)
+            launch = (lambda: cuda.launch_graph(graph, stream)) if graph else infer
+            figures = {"h2d_ms": h2d_ms, "inference_ms": gpu_time_ms(launch, stream)}
+        return figures, METHOD if graph else UNCAPTURED
     finally:
-        cuda.synchronize(stream)
+        cuda.synchronize(stream)  # nothing may still use what is freed below
+        if graph:
+            cuda.destroy_graph(graph)
         cuda.free(input_address)
         cuda.free(output_address)
+        cuda.free_host(images)
+        cuda.destroy_stream(stream)
 
 
-def as_graph(enqueue, stream):
-    """The inference as one CUDA graph launch where it can be captured, so that its GPU time carries none of the
-    host's kernel launches (as step 7 does, the first enqueue outside the capture); else `enqueue` itself."""
+def capture(enqueue, stream):
+    """The inference as an executable CUDA graph, so that its GPU time carries none of the host's kernel
+    launches (as in step 7, the first enqueue outside the capture); None, with a note, where it cannot be."""
     enqueue()
     cuda.synchronize(stream)
     try:
@@ -57,25 +67,31 @@ def as_graph(enqueue, stream):
         try:
             enqueue()
         finally:
-            graph = cuda.end_capture(stream)
-    except CourseError:  # an engine that cannot be captured: timed as it is enqueued
-        return enqueue
-    return lambda: cuda.launch_graph(graph, stream)
+            graph = cuda.end_capture(stream)  # always end it, or the stream stays capturing
+    except CourseError as error:
+        print(f"note: the floor's inference is timed without a CUDA graph ({error}): it includes the kernel launches")
+        return None
+    return graph
 
 
 def gpu_time_ms(enqueue, stream):
     """GPU time per call of the work `enqueue()` queues on `stream`: calls back to back between two timing
     events, the median over a few rounds."""
     start, end = cuda.create_timing_event(), cuda.create_timing_event()
-    for _ in range(WARM_UP_RUNS):
-        enqueue()
-    durations = []
-    for _ in range(ROUNDS):
-        cuda.synchronize(stream)  # the round starts with nothing queued before it
-        cuda.record(start, stream)
-        for _ in range(BATCHES_PER_ROUND):
+    try:
+        for _ in range(WARM_UP_RUNS):
             enqueue()
-        cuda.record(end, stream)
-        cuda.event_synchronize(end)
-        durations.append(cuda.elapsed_ms(start, end) / BATCHES_PER_ROUND)
-    return stats.median(durations)
+        durations = []
+        for _ in range(ROUNDS):
+            cuda.synchronize(stream)  # the round starts with nothing queued before it
+            cuda.record(start, stream)
+            for _ in range(BATCHES_PER_ROUND):
+                enqueue()
+            cuda.record(end, stream)
+            cuda.event_synchronize(end)
+            durations.append(cuda.elapsed_ms(start, end) / BATCHES_PER_ROUND)
+        return stats.median(durations)
+    finally:
+        cuda.synchronize(stream)
+        cuda.destroy_event(start)
+        cuda.destroy_event(end)

@@ -100,7 +100,7 @@ class ApiCall:
 
 @dataclasses.dataclass
 class Trace:
-    """What the report uses from one trace: everything that overlaps the "last 3 batches" window."""
+    """What the report uses from one trace: everything that overlaps the NVTX range it was read over (`window`)."""
     window: tuple  # (start, end) in ns
     gpu_ops: list
     ranges: list
@@ -112,7 +112,7 @@ class Trace:
 
 @dataclasses.dataclass(frozen=True)
 class TraceFigures:
-    """Per-batch figures of one trace (ms, counts) and shares of the window (%)."""
+    """Per-batch figures of one trace (ms, counts) and shares (%) of the range it was read over."""
     h2d_ms: float
     kernel_ms: float
     d2h_ms: float

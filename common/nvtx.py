@@ -1,7 +1,7 @@
 """Named, coloured NVTX ranges for the phases of a batch, so timelines line up across steps.
 
-Phases are push/pop ranges on the thread that does the work. The timed window ("last 3 batches") and
-the per-batch ranges are start/end ranges, which may open on one thread and close on another.
+Phases are push/pop ranges on the thread that does the work. The timed run ("all batches") and the source
+tutorial's window ("last 3 batches") are start/end ranges, which may open on one thread and close on another.
 Colours are given as RGB numbers, not names: the nvtx package turns a name it does not know (such as
 "grey") into a number by importing matplotlib the first time that range opens, which under nsys took
 150 to 500 ms and, in step 5, landed in the first timed batch.

@@ -1,6 +1,5 @@
 """Every picture the course draws, in one style: the ladder, the step timelines, and the figures of steps 10 and 11."""
 import dataclasses
-import re
 
 import matplotlib
 
@@ -99,14 +98,10 @@ def plot_timeline(path, trace, title):
         ticks.append(y + len(lane_rows) / 2)
         tick_labels.append(thread_label(thread, trace))
         y += len(lane_rows)
-    starts = batch_starts(trace)
-    for start in starts:
-        axes.axvline(start, color="black", linestyle=":", linewidth=0.8)
 
     axes.set_ylim(y, 0)  # lanes top to bottom: GPU streams first
     axes.set_yticks(ticks, tick_labels, fontsize=9)
-    axes.set_xlabel(f"time since the start of the NVTX range \"{WINDOW_RANGE}\" (ms)"
-                    + ("; dotted: a batch starts" if starts else ""))
+    axes.set_xlabel(f"time since the start of the NVTX range \"{WINDOW_RANGE}\" (ms)")
     axes.set_title(title, fontsize=11)
     axes.grid(axis="x", alpha=0.3)
     axes.tick_params(axis="y", length=0)
@@ -124,7 +119,7 @@ def legend_entries(trace, thread_lanes):
     entries += [Patch(facecolor=color, edgecolor="#555555", label=f"host: {name}")
                 for name, color in PHASE_COLORS.items() if name in names]
     if names - PHASE_COLORS.keys():
-        entries.append(Patch(facecolor=OTHER_RANGE_COLOR, edgecolor="#555555", label="host: batch i or other range"))
+        entries.append(Patch(facecolor=OTHER_RANGE_COLOR, edgecolor="#555555", label="host: other range"))
     return entries
 
 
@@ -165,11 +160,6 @@ def draw_range(axes, nvtx_range, window, row, pixels_per_ms):
 def to_ms(span, window):
     """(start, end) in ns -> (offset from the window start, width) in ms, as broken_barh wants."""
     return (span[0] - window[0]) / 1e6, (span[1] - span[0]) / 1e6
-
-
-def batch_starts(trace):
-    return [(r.start - trace.window[0]) / 1e6 for r in trace.ranges
-            if re.fullmatch(r"batch \d+", r.name) and r.start >= trace.window[0]]
 
 
 def is_main_thread(global_tid):

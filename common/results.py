@@ -149,10 +149,11 @@ def finish(docstring, args, run, timer, outputs, extra=None):
     check failed. `extra`: fields a step beyond the ladder adds to its result (step 12's latency side)."""
     loaded, device = run.loaded, run.device
     check = check_outputs(outputs, run.reference, loaded.metadata["precision"])
+    floor_figures, floor_method = floor.measure(run, args.batch_size)
     result = {**step_record(docstring, loaded, device), "batches": args.batches, "repeats": args.repeats,
               "batch_size": args.batch_size, **timings(timer, run),
-              "output_ms_per_batch": output_cost_ms(outputs[-1]), "floor": floor.measure(run, args.batch_size),
-              "floor_method": floor.METHOD,
+              "output_ms_per_batch": output_cost_ms(outputs[-1]), "floor": floor_figures,
+              "floor_method": floor_method,
               "check": check, **(extra or {}), **run_record()}
     save(args.reports, result["stem"], result)
     print_result(result, timer)

@@ -31,7 +31,7 @@ def is_noisy(values):
 
 
 def within_noise(values, other_values):
-    """True when the two sets of measurements overlap: no window of one is outside the other's range."""
+    """True when the two ranges (min..max) overlap: some value lies in both, so neither is surely faster."""
     return max(min(values), min(other_values)) <= min(max(values), max(other_values))
 
 

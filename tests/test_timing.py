@@ -128,3 +128,80 @@ def test_top5_by_partial_sort_equals_a_full_sort():
 def test_output_processing_cost_is_measured_in_ms():
     logits = np.zeros((128, 1000), dtype=np.float32)
     assert 0 < results.output_cost_ms(logits) < 1000
+
+
+class FakeGpu:
+    """The cuda calls floor.measure makes, on no GPU: handles are numbers, time advances 2 ms per event."""
+
+    def __init__(self, capturable=True):
+        self.live, self.capturable, self.clock, self.next_handle = set(), capturable, 0.0, 1
+
+    def make(self, kind):
+        handle = (kind, self.next_handle)
+        self.next_handle += 1
+        self.live.add(handle)
+        return handle
+
+    def release(self, handle):
+        self.live.remove(handle)
+
+    def install(self, monkeypatch):
+        from common import cuda, floor
+        made = {"create_stream": "stream", "create_timing_event": "event", "malloc": "device"}
+        for name, kind in made.items():
+            monkeypatch.setattr(cuda, name, lambda *args, kind=kind: self.make(kind))
+        for name in ("destroy_stream", "destroy_event", "free", "destroy_graph"):
+            monkeypatch.setattr(cuda, name, self.release)
+        pinned = {}
+
+        def pinned_empty(shape, dtype):
+            array = np.zeros(shape, dtype)
+            pinned[id(array)] = self.make("pinned")
+            return array
+        monkeypatch.setattr(cuda, "pinned_empty", pinned_empty)
+        monkeypatch.setattr(cuda, "free_host", lambda array: self.release(pinned.pop(id(array))))
+        for name in ("synchronize", "event_synchronize", "memcpy_htod_async", "launch_graph", "begin_capture"):
+            monkeypatch.setattr(cuda, name, lambda *args: None)
+        monkeypatch.setattr(cuda, "record", lambda *args: None)
+        monkeypatch.setattr(cuda, "elapsed_ms", lambda start, end: 10.0)
+
+        def end_capture(stream):
+            if not self.capturable:
+                raise floor.CourseError("operation not permitted when stream is capturing")
+            return self.make("graph")
+        monkeypatch.setattr(cuda, "end_capture", end_capture)
+
+
+def fake_run():
+    from common.engine import TensorSpec
+
+    class Context:
+        def set_input_shape(self, *args):
+            return True
+
+        def set_tensor_address(self, *args):
+            return True
+
+        def execute_async_v3(self, stream):
+            return True
+
+    class Loaded:
+        def profile_for(self, batch_size):
+            return 0
+
+    engine = type("Engine", (), {"create_execution_context": lambda self: Context()})()
+    return type("Run", (), {"engine": engine, "loaded": Loaded(),
+                            "input": TensorSpec("input", (-1, 3, 4, 4), np.dtype(np.float32)),
+                            "output": TensorSpec("logits", (-1, 10), np.dtype(np.float32))})()
+
+
+@pytest.mark.parametrize("capturable", [True, False])
+def test_the_floor_releases_what_it_makes_and_says_how_it_timed(monkeypatch, capsys, capturable):
+    from common import floor
+    gpu = FakeGpu(capturable)
+    gpu.install(monkeypatch)
+    figures, method = floor.measure(fake_run(), batch_size=8)
+    assert figures == {"h2d_ms": 2.0, "inference_ms": 2.0}  # 10 ms per round of 5 batches
+    assert method == (floor.METHOD if capturable else floor.UNCAPTURED)
+    assert gpu.live == set(), gpu.live  # streams, events, buffers, pinned memory and graph all released
+    assert ("note: the floor's inference is timed without a CUDA graph" in capsys.readouterr().out) != capturable
