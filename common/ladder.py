@@ -1,4 +1,4 @@
-"""The steps' results as the report compares them: load the JSONs, their steady-state figures, the noise, the ladder chart.
+"""The steps' results as the report compares them: the JSONs, their steady-state figures, noise, the ladder chart.
 
 A result is what common/results.py wrote: reports/<stem>.json. Results from before the course timed
 several windows hold only the source tutorial's figure ("last3_ms"); they count as one window.

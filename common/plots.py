@@ -194,7 +194,8 @@ def plot_sweep(path, summaries, within, title):
         latency_ms = [row["latency_ms"] for row in rows]
         label = f"{summary['name']}: {summary['label']}"
         runs = [row["throughput_runs"] or [row["images_per_s"]] for row in rows]
-        spread = [[value - min(r) for value, r in zip(throughput, runs)], [max(r) - value for value, r in zip(throughput, runs)]]
+        spread = [[value - min(r) for value, r in zip(throughput, runs)],
+                  [max(r) - value for value, r in zip(throughput, runs)]]
         by_size.errorbar(sizes, throughput, yerr=spread, marker="o", color=color, capsize=3, label=label)
         latency.plot(sizes, latency_ms, marker="o", color=color, label=label)
         trade.plot(throughput, latency_ms, marker="o", color=color, label=label)

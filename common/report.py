@@ -16,8 +16,11 @@ import argparse
 import shutil
 from pathlib import Path
 
-from common import cli, ladder as step_results, nsys_trace, plots, stats
+from common import cli, nsys_trace, plots, stats
 from common.errors import CourseError
+from common.ladder import (BEYOND_THE_LADDER, compare, draw_ladder, floor_ms, has_timed_window, images_per_second,
+                           is_ladder_step, load_results, ms_per_batch, profiling_note, speedups, step_label,
+                           step_number, times, windows)
 from common.nsys_trace import RUN_RANGE, WINDOW_RANGE
 
 DEFAULT_REPORTS = Path("reports")
@@ -35,7 +38,7 @@ def write_summary(path, ladder, beyond, figures, nsys_versions, notes, source_li
                   "> engine behind TensorRT's interface (no TensorRT on that machine). The host-side lessons hold;",
                   "> the kernel times are PyTorch's, not TensorRT's.", ""]
     lines += describe_runs(ladder, source_line)
-    lines += timings_table(ladder, step_results.speedups(ladder))
+    lines += timings_table(ladder, speedups(ladder))
     lines += floor_table(ladder + beyond, figures)
     if figures:
         lines += trace_tables(ladder + beyond, figures, nsys_versions)
@@ -45,7 +48,7 @@ def write_summary(path, ladder, beyond, figures, nsys_versions, notes, source_li
     if notes:
         lines += ["", "## What could not be read", ""] + [f"- {note}" for note in notes]
     lines += ["", "## Commands", ""]
-    lines += [f"- {step_results.step_label(r)}: `{r.get('command', 'command unknown')}` ({r.get('date', 'date unknown')})"
+    lines += [f"- {step_label(r)}: `{r.get('command', 'command unknown')}` ({r.get('date', 'date unknown')})"
               for r in ladder + beyond]
     path.write_text("\n".join(lines) + "\n")
 
@@ -58,7 +61,7 @@ def describe_runs(ladder, source_line):
 
     dates = sorted({str(result["date"]) for result in ladder if result.get("date")})
     taken = " to ".join(dict.fromkeys([dates[0], dates[-1]])) if dates else "unknown"
-    nsys = step_results.profiling_note(ladder)
+    nsys = profiling_note(ladder)
     return [f"- Device: {distinct('device')}",
             f"- Backend: {distinct('backend_label')}",
             f"- Workload: {distinct('repeats', '1')} timed window(s) of {distinct('batches')} batches of "
@@ -66,7 +69,8 @@ def describe_runs(ladder, source_line):
             "its results after its first, per result (the steady state, without the pipeline's filling); a step's "
             "figure is the median over its windows",
             f"- Taken: {taken} (commands at the end){nsys}: tracing adds to every CUDA call's host time, so "
-            "launch-bound steps look slower than in `make run-all`" if nsys else f"- Taken: {taken} (commands at the end)",
+            "launch-bound steps look slower than in `make run-all`" if nsys
+            else f"- Taken: {taken} (commands at the end)",
             f"- Source: {source_line}. Absolute times move between runs and machines: compare steps of one session"]
 
 
@@ -80,40 +84,43 @@ def timings_table(ladder, speedups):
              "| batch latency p50 / p99 (ms) | output check |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
     for result, (over_baseline, over_previous) in zip(ladder, speedups):
-        spans = step_results.windows(result)
-        spread = (f"{stats.spread_pct(spans):.1f}" + (" ⚠" if stats.is_noisy(spans) else "")) if len(spans) > 1 else "–"
+        spans = windows(result)
+        spread = "–"
+        if len(spans) > 1:
+            spread = f"{stats.spread_pct(spans):.1f}" + (" ⚠" if stats.is_noisy(spans) else "")
         latency = (f"{result['latency_p50_ms']:.2f} / {result['latency_p99_ms']:.2f}"
                    if "latency_p50_ms" in result else "–")
         lines.append(
-            f"| {step_results.step_label(result)} | {cell(result.get('lesson', ''))} | {step_results.ms_per_batch(result):.2f} "
-            f"| {min(spans):.2f}–{max(spans):.2f} | {spread} | {count_text(step_results.images_per_second(result))} "
-            f"| {step_results.times(over_baseline[1]) if over_baseline else '–'} | {comparison_text(over_previous)} | {latency} "
+            f"| {step_label(result)} | {cell(result.get('lesson', ''))} | {ms_per_batch(result):.2f} "
+            f"| {min(spans):.2f}–{max(spans):.2f} | {spread} | {count_text(images_per_second(result))} "
+            f"| {times(over_baseline[1]) if over_baseline else '–'} | {comparison_text(over_previous)} | {latency} "
             f"| {cell(check_text(result.get('check')))} |")
     return lines
 
 
 def floor_table(results, figures):
-    measured = [r for r in results if step_results.floor_ms(r)]
+    measured = [r for r in results if floor_ms(r)]
     if not measured:
         return []
     lines = ["", "## How far from the floor, and what limits each step", "",
              "The floor: the larger of the GPU time per batch of H2D copies from pinned memory and of inferences, each "
              "on its own, batches queued back to back on one stream, the inference as a CUDA graph (CUDA events, after "
-             "the step's timed run, on the step's own engine). A pipeline with one stream of each kind produces batches no faster; two contexts "
-             "(steps 8 and 12) run two inferences at once and can go below it. Output processing: the host time of "
+             "the step's timed run, on the step's own engine). A pipeline with one stream of each kind produces "
+             "batches no faster; two contexts (steps 8 and 12) run two inferences at once and can go below it. "
+             "Output processing: the host time of "
              "the step's post-processing of one batch (softmax and top-5 of every image). Limited by: from the trace "
-             "(below), for profiled step_results.", "",
+             "(below), for profiled steps.", "",
              "| step | H2D (ms) | inference (ms) | floor (ms) | × floor | output processing (ms per batch) "
              "| limited by |", "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for result in measured:
         floor = result["floor"]
         limit = figures[result["stem"]][0].limited_by if result["stem"] in figures else "– (not profiled)"
         output = f"{result['output_ms_per_batch']:.2f}" if "output_ms_per_batch" in result else "–"
-        lines.append(f"| {step_results.step_label(result)} | {floor['h2d_ms']:.2f} | {floor['inference_ms']:.2f} "
-                     f"| {step_results.floor_ms(result):.2f} | {step_results.ms_per_batch(result) / step_results.floor_ms(result):.2f}× "
+        lines.append(f"| {step_label(result)} | {floor['h2d_ms']:.2f} | {floor['inference_ms']:.2f} "
+                     f"| {floor_ms(result):.2f} | {ms_per_batch(result) / floor_ms(result):.2f}× "
                      f"| {output} | {limit} |")
-    earlier = [step_results.step_label(r) for r in measured if "floor_method" not in r]  # recorded since the graph
-    uncaptured = [step_results.step_label(r) for r in measured if "could not be captured" in r.get("floor_method", "")]
+    earlier = [step_label(r) for r in measured if "floor_method" not in r]  # recorded since the graph
+    uncaptured = [step_label(r) for r in measured if "could not be captured" in r.get("floor_method", "")]
     if earlier:
         lines += ["", f"The floors of {', '.join(earlier)} were measured by an earlier version of common/floor.py (one "
                       "batch alone, or without the graph): their inference time carries the host's kernel launches."]
@@ -148,21 +155,21 @@ def trace_tables(results, figures, nsys_versions):
             f = figures[result["stem"]][0]
             shares = " | ".join(f"{f.busy_pct[resource]:.1f}" for resource in ("GPU compute", "H2D", "host enqueue",
                                                                                 "host output"))
-            lines.append(f"| {step_results.step_label(result)} | {shares} | {f.limited_by} |")
+            lines.append(f"| {step_label(result)} | {shares} | {f.limited_by} |")
     lines += ["", f"Traces exported by Nsight Systems {', '.join(nsys_versions)}."]
     return lines
 
 
 def step_2_in_the_trace(ladder, figures):
     """Step 2's saving is smaller than the noise of pageable copies: show it from the trace."""
-    first, second = (next((r for r in ladder if step_results.step_number(r) == n and r["stem"] in figures), None)
+    first, second = (next((r for r in ladder if step_number(r) == n and r["stem"] in figures), None)
                      for n in (1, 2))
     if not (first and second):
         return []
-    verdict, _ = step_results.compare(second, first)
+    verdict, _ = compare(second, first)
     before, after = figures[first["stem"]][0], figures[second["stem"]][0]
     return ["", "### Step 2 in the trace", "",
-            f"Wall clock: {step_results.ms_per_batch(first):.2f} ms per batch in step 1, {step_results.ms_per_batch(second):.2f} in "
+            f"Wall clock: {ms_per_batch(first):.2f} ms per batch in step 1, {ms_per_batch(second):.2f} in "
             f"step 2: {verdict}. The trace shows what reusing buffers removed: {before.alloc_free_ms:.3f} ms per batch "
             f"in \"alloc\" and \"free\" and {count(before.allocation_calls)} cudaMalloc/cudaFree calls per batch in "
             f"step 1, {after.alloc_free_ms:.3f} ms and {count(after.allocation_calls)} in step 2."]
@@ -173,14 +180,14 @@ def beyond_the_ladder(beyond, ladder, figures):
              "| step | what changed | ms per batch | range (ms) | images/s | vs its rung | H2D per batch (ms, trace) "
              "| limited by | output check |", "| --- | --- | ---: | ---: | ---: | --- | ---: | --- | --- |"]
     for result in beyond:
-        rung_number = step_results.BEYOND_THE_LADDER[step_results.step_number(result)]
-        rung = next((r for r in ladder if step_results.step_number(r) == rung_number), None)
-        versus = versus_text(step_results.compare(result, rung), rung_number) if rung else "–"
-        spans = step_results.windows(result)
+        rung_number = BEYOND_THE_LADDER[step_number(result)]
+        rung = next((r for r in ladder if step_number(r) == rung_number), None)
+        versus = versus_text(compare(result, rung), rung_number) if rung else "–"
+        spans = windows(result)
         trace = figures.get(result["stem"], (None,))[0]
         lines.append(
-            f"| {step_results.step_label(result)} | {cell(result.get('lesson', ''))} | {step_results.ms_per_batch(result):.2f} "
-            f"| {min(spans):.2f}–{max(spans):.2f} | {count_text(step_results.images_per_second(result))} | {versus} "
+            f"| {step_label(result)} | {cell(result.get('lesson', ''))} | {ms_per_batch(result):.2f} "
+            f"| {min(spans):.2f}–{max(spans):.2f} | {count_text(images_per_second(result))} | {versus} "
             f"| {f'{trace.h2d_ms:.3f}' if trace else '–'} | {trace.limited_by if trace else '–'} "
             f"| {cell(check_text(result.get('check')))} |")
     return lines
@@ -220,7 +227,7 @@ def check_text(check):
 
 def figures_row(result, f):
     overlap = f"{f.copy_overlap_pct:.1f}" if f.copy_overlap_pct is not None else "no copies"
-    return (f"| {step_results.step_label(result)} | {f.h2d_ms:.3f} | {f.kernel_ms:.3f} | {f.d2h_ms:.3f} | {f.gpu_idle_pct:.1f} "
+    return (f"| {step_label(result)} | {f.h2d_ms:.3f} | {f.kernel_ms:.3f} | {f.d2h_ms:.3f} | {f.gpu_idle_pct:.1f} "
             f"| {count(f.kernel_launches)} | {count(f.graph_launches)} | {overlap} | {f.alloc_free_ms:.3f} "
             f"| {count(f.allocation_calls)} |")
 
@@ -253,11 +260,11 @@ def build_report(source, output, nsys, source_line):
 
     Returns the notes (one line per thing that could not be read) and the number of timelines drawn.
     """
-    results, notes = step_results.load_results(source)
-    ladder = [result for result in results if step_results.is_ladder_step(result)]
-    beyond = [result for result in results if step_results.has_timed_window(result) and not step_results.is_ladder_step(result)]
+    results, notes = load_results(source)
+    ladder = [result for result in results if is_ladder_step(result)]
+    beyond = [result for result in results if has_timed_window(result) and not is_ladder_step(result)]
     notes += [f"{r['stem']}: not a ladder step (kind {r.get('kind', 'unknown')!r}), not in the table"
-              for r in results if not step_results.has_timed_window(r)]
+              for r in results if not has_timed_window(r)]
     if not ladder:
         raise CourseError(f"no step result in {source}/ has a timed window (\"last3_ms\"): run the steps "
                           "(`make run-all`) first")
@@ -266,7 +273,7 @@ def build_report(source, output, nsys, source_line):
     notes += trace_notes
     write_summary(output / "summary.md", ladder, beyond, figures,
                   sorted({trace.nsys_version for trace in traces.values()}), notes, source_line)
-    step_results.draw_ladder(output / "ladder.png", ladder)
+    draw_ladder(output / "ladder.png", ladder)
     for result in ladder + beyond:
         if result["stem"] in traces:
             title = f"{result['stem']}: {result.get('lesson', '')}"

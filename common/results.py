@@ -178,16 +178,16 @@ def timings(timer, run):
 
 
 def print_result(result, timer):
-    floor_ms = max(result["floor"].values())
+    windows, floor = result["windows_ms_per_batch"], result["floor"]
     print(f"{result['stem']} [{result['backend_label']}, {result['device']}]\n"
-          f"  {timer.windows} windows of {timer.batches_per_window} batches: {result['median_ms_per_batch']:.2f} ms per "
-          f"batch (median; windows {min(result['windows_ms_per_batch']):.2f} to {max(result['windows_ms_per_batch']):.2f}, "
-          f"spread {result['spread_pct']:.1f}%), {result['images_per_s']:,.0f} images/s\n"
+          f"  {timer.windows} windows of {timer.batches_per_window} batches: {result['median_ms_per_batch']:.2f} ms "
+          f"per batch (median; windows {min(windows):.2f} to {max(windows):.2f}, spread {result['spread_pct']:.1f}%), "
+          f"{result['images_per_s']:,.0f} images/s\n"
           f"  batch latency p50 {result['latency_p50_ms']:.2f} ms, p99 {result['latency_p99_ms']:.2f} ms; last "
           f"{TIMED_BATCHES} batches {result['last3_ms']:.2f} ms (the source tutorial's figure)\n"
-          f"  floor (each on its own, batches back to back on one stream, CUDA events): H2D {result['floor']['h2d_ms']:.2f} "
-          f"ms, inference {result['floor']['inference_ms']:.2f} ms per batch; this step takes "
-          f"{result['median_ms_per_batch'] / floor_ms:.2f}x the larger\n"
+          f"  floor (each on its own, batches back to back on one stream, CUDA events): H2D {floor['h2d_ms']:.2f} ms, "
+          f"inference {floor['inference_ms']:.2f} ms per batch; this step takes "
+          f"{result['median_ms_per_batch'] / max(floor.values()):.2f}x the larger\n"
           f"  output processing: {result['output_ms_per_batch']:.2f} ms of host time per batch\n"
           f"  outputs vs reference: {'match' if result['check']['passed'] else 'DIFFER'}: {result['check']['summary']}")
     warning = stats.spread_warning("the windows", result["windows_ms_per_batch"])
