@@ -9,7 +9,6 @@ import re
 from common import plots, stats
 
 TUTORIAL_BATCHES = 3  # results.TIMED_BATCHES, the source tutorial's window (results imports the GPU stack)
-BEYOND_THE_LADDER = {12: 8}  # steps beyond the ladder that run the ladder's workload -> the rung they compare with
 
 
 def load_results(directory):
@@ -44,8 +43,13 @@ def has_timed_window(result):
 
 
 def is_ladder_step(result):
-    """A rung: a timed ladder workload, not one of the steps beyond the ladder compared with a rung."""
-    return has_timed_window(result) and step_number(result) not in BEYOND_THE_LADDER
+    """A rung: a timed ladder workload, not a step beyond the ladder (whose result names the rung it builds on)."""
+    return has_timed_window(result) and "builds_on" not in result
+
+
+def rung_of(result):
+    """The step number of the rung a step beyond the ladder builds on ("8_multi_context" -> 8)."""
+    return step_number({"stem": result["builds_on"]})
 
 
 def windows(result):

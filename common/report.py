@@ -18,9 +18,9 @@ from pathlib import Path
 
 from common import cli, nsys_trace, plots, stats
 from common.errors import CourseError
-from common.ladder import (BEYOND_THE_LADDER, compare, draw_ladder, floor_ms, has_timed_window, images_per_second,
-                           is_ladder_step, load_results, ms_per_batch, profiling_note, speedups, step_label,
-                           step_number, times, windows)
+from common.ladder import (compare, draw_ladder, floor_ms, has_timed_window, images_per_second,
+                           is_ladder_step, load_results, ms_per_batch, profiling_note, rung_of, speedups,
+                           step_label, step_number, times, windows)
 from common.nsys_trace import RUN_RANGE, WINDOW_RANGE
 
 DEFAULT_REPORTS = Path("reports")
@@ -180,7 +180,7 @@ def beyond_the_ladder(beyond, ladder, figures):
              "| step | what changed | ms per batch | range (ms) | images/s | vs its rung | H2D per batch (ms, trace) "
              "| limited by | output check |", "| --- | --- | ---: | ---: | ---: | --- | ---: | --- | --- |"]
     for result in beyond:
-        rung_number = BEYOND_THE_LADDER[step_number(result)]
+        rung_number = rung_of(result)
         rung = next((r for r in ladder if step_number(r) == rung_number), None)
         versus = versus_text(compare(result, rung), rung_number) if rung else "–"
         spans = windows(result)

@@ -44,11 +44,11 @@ def prepare(args, engine_name, precision, batch_sizes=None, make_batches=None, p
     check_host_memory(sum(batch_sizes))
     device = cuda.require_gpu()
     loaded = engines.load(backend, engine_file.path, precision, device, checked=engine_file)
-    if make_batches is None:
-        make_batches = data.make_uint8_batches if input_dtype == "uint8" else data.make_batches
-        batches = make_batches(args.batches, args.batch_size, args.seed)
-    else:
+    if make_batches:
         batches = make_batches()
+    else:
+        make = data.make_uint8_batches if input_dtype == "uint8" else data.make_batches
+        batches = make(args.batches, args.batch_size, args.seed)
     reference = data.reference_logits(build.WEIGHTS_PATH, batches, build.ENGINE_DIR / "cache")
     return Workload(loaded.engine, loaded.input, loaded.output, loaded, device, batches * args.repeats,
                     reference * args.repeats)

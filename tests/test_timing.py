@@ -205,3 +205,9 @@ def test_the_floor_releases_what_it_makes_and_says_how_it_timed(monkeypatch, cap
     assert method == (floor.METHOD if capturable else floor.UNCAPTURED)
     assert gpu.live == set(), gpu.live  # streams, events, buffers, pinned memory and graph all released
     assert ("note: the floor's inference is timed without a CUDA graph" in capsys.readouterr().out) != capturable
+
+
+def test_a_step_beyond_the_ladder_is_compared_with_the_rung_it_names():
+    beyond = {**result(12, [2.8, 2.9]), "builds_on": "8_multi_context"}
+    assert not ladder.is_ladder_step(beyond) and ladder.has_timed_window(beyond)
+    assert ladder.rung_of(beyond) == 8 and ladder.is_ladder_step(result(8, [3.1, 3.2]))
