@@ -1,5 +1,6 @@
 # The course's commands. `make profile-all` on a fresh GPU machine does everything: setup, build, run
 # every step under Nsight Systems, report. `make test` runs the tests (GPU tests skip without a GPU).
+# `make reproduce` runs every step twice and says which figures reproduce between the two runs.
 #   BACKEND=auto|tensorrt|torch   auto: TensorRT if it can be imported, else the PyTorch stand-in
 #   PYTHON=python3                use an existing environment instead of the course's .venv
 #   NSYS_FLAGS=...                override any of nsys's trace options (defaults: the source tutorial's)
@@ -9,6 +10,7 @@ VENV ?= .venv
 PYTHON ?= $(VENV)/bin/python
 REPORTS ?= reports
 STEP_ARGS ?=
+COMPARE ?=
 # Under nsys two timed windows are enough: the trace is what profile-all is for, and tracing slows every
 # CUDA call, so the ranked timings come from make run-all (five windows by default).
 PROFILE_ARGS ?= --repeats 2
@@ -30,7 +32,7 @@ RUN := BACKEND=$(BACKEND) $(PYTHON)
 BATCHING := 10_batch_size_sweep 11_dynamic_batching
 BATCHING_ARGS ?=
 
-.PHONY: setup build run-all profile-all backend-valid nsys-available batching report test clean
+.PHONY: setup build run-all reproduce profile-all backend-valid nsys-available batching report test clean
 
 setup: $(SETUP)
 
@@ -81,7 +83,13 @@ batching: build
 	@set -e; for step in $(BATCHING); do echo "== $$step"; $(RUN) $$step.py --reports $(REPORTS) $(BATCHING_ARGS); done
 
 report: $(SETUP)
-	$(PYTHON) -m common.report --reports $(REPORTS)
+	$(PYTHON) -m common.report --reports $(REPORTS) $(if $(COMPARE),--compare $(COMPARE))
+
+# One run's windows cannot show a cost that differs from one process to the next: run every step twice, each
+# run in processes of its own, and let the second run's report say which figures reproduce.
+reproduce:
+	@$(MAKE) --no-print-directory run-all REPORTS=$(REPORTS)/run-1
+	@$(MAKE) --no-print-directory run-all REPORTS=$(REPORTS)/run-2 COMPARE=$(REPORTS)/run-1
 
 test: $(SETUP)
 	$(PYTHON) -m pytest -q tests

@@ -105,12 +105,38 @@ def speedups(ladder):
     return pairs
 
 
+def lesson_comparisons(ladder, beyond):
+    """Each step's lesson as a compare() pair: a rung against the rung before it, a step beyond the ladder
+    against the rung it builds on; None for the first rung, or when that rung is not in the run."""
+    lessons = {result["stem"]: previous for result, (_, previous) in zip(ladder, speedups(ladder))}
+    for result in beyond:
+        rung = next((r for r in ladder if step_number(r) == rung_of(result)), None)
+        lessons[result["stem"]] = compare(result, rung) if rung else None
+    return lessons
+
+
 def step_label(result):
     return str(result.get("stem", "?"))
 
 
 def times(factor):
     return f"{factor:.2f}×" if factor else "–"
+
+
+def comparison_text(comparison):
+    """'1.93× faster', '0.95× slower', 'within noise (1.02×)', 'other workload (0.61×)' or '–'."""
+    if comparison is None:
+        return "–"
+    verdict, factor = comparison
+    if verdict in ("faster", "slower"):
+        return f"{factor:.2f}× {verdict}"
+    return f"{verdict} ({factor:.2f}×)"
+
+
+def versus_text(comparison, step):
+    """'1.04× step 8 (faster)', '1.01× step 8 (within noise)'."""
+    verdict, factor = comparison
+    return f"{factor:.2f}× step {step} ({verdict})"
 
 
 def floor_ms(result):

@@ -1,6 +1,6 @@
 """Turn the steps' results into what a reader looks at: a summary table, the ladder chart, timelines.
 
-    python -m common.report [--reports DIR] [--examples DIR] [--nsys PATH]
+    python -m common.report [--reports DIR] [--examples DIR] [--nsys PATH] [--compare OTHER_DIR]
 
 Reads DIR/<stem>.json (one per step) and, where the step was profiled, DIR/<stem>.nsys-rep; writes
     DIR/summary.md           one row per step: steady-state timings with their noise, the floor, the output
@@ -8,7 +8,8 @@ Reads DIR/<stem>.json (one per step) and, where the step was profiled, DIR/<stem
     DIR/ladder.png           ms per batch of every step (median, windows' range), its speedup, the floor
     DIR/timeline_<stem>.png  the last three batches of a profiled step: GPU streams and host threads
 If DIR holds no step results (a fresh clone, a machine without a GPU), it reports the committed example
-results in results/h100-torch/ instead, says so, and still writes to DIR.
+results in results/h100-torch/ instead, says so, and still writes to DIR. With --compare, the summary also
+says which steps' figures reproduce in another run's results (common/reproduce.py; `make reproduce`).
 The results are read by common/ladder.py, the traces by common/nsys_trace.py, and drawn by common/plots.py;
 this module writes the summary and is the command line.
 """
@@ -16,11 +17,11 @@ import argparse
 import shutil
 from pathlib import Path
 
-from common import cli, nsys_trace, plots, stats
+from common import cli, nsys_trace, plots, reproduce, stats
 from common.errors import CourseError
-from common.ladder import (compare, draw_ladder, floor_ms, has_timed_window, images_per_second,
+from common.ladder import (compare, comparison_text, draw_ladder, floor_ms, has_timed_window, images_per_second,
                            is_ladder_step, load_results, ms_per_batch, profiling_note, rung_of, speedups,
-                           step_label, step_number, times, windows)
+                           step_label, step_number, times, versus_text, windows)
 from common.nsys_trace import RUN_RANGE, WINDOW_RANGE
 
 DEFAULT_REPORTS = Path("reports")
@@ -30,7 +31,7 @@ DEFAULT_EXAMPLES = Path("results/h100-torch")
 # The summary
 
 
-def write_summary(path, ladder, beyond, figures, nsys_versions, notes, source_line):
+def write_summary(path, ladder, beyond, figures, nsys_versions, notes, source_line, between_runs=()):
     """reports/summary.md: what the runs were, the timings with their noise, the floor, the traces, the notes."""
     lines = ["# Results of the inference ladder", ""]
     if any(result.get("backend") == "torch" for result in ladder + beyond):
@@ -45,6 +46,7 @@ def write_summary(path, ladder, beyond, figures, nsys_versions, notes, source_li
         lines += step_2_in_the_trace(ladder, figures)
     if beyond:
         lines += beyond_the_ladder(beyond, ladder, figures)
+    lines += between_runs
     if notes:
         lines += ["", "## What could not be read", ""] + [f"- {note}" for note in notes]
     lines += ["", "## Commands", ""]
@@ -193,12 +195,6 @@ def beyond_the_ladder(beyond, ladder, figures):
     return lines
 
 
-def versus_text(comparison, step):
-    """'1.04× step 8 (faster)', '1.01× step 8 (within noise)'."""
-    verdict, factor = comparison
-    return f"{factor:.2f}× step {step} ({verdict})"
-
-
 def cell(text):
     """Text safe inside a Markdown table cell."""
     return str(text).replace("|", "\\|").replace("\n", " ")
@@ -206,16 +202,6 @@ def cell(text):
 
 def count_text(value):
     return f"{value:,.0f}" if value else "–"
-
-
-def comparison_text(comparison):
-    """'1.93× faster', '0.95× slower', 'within noise (1.02×)', 'other workload (0.61×)' or '–'."""
-    if comparison is None:
-        return "–"
-    verdict, factor = comparison
-    if verdict in ("faster", "slower"):
-        return f"{factor:.2f}× {verdict}"
-    return f"{verdict} ({factor:.2f}×)"
 
 
 def check_text(check):
@@ -255,10 +241,12 @@ def choose_source(reports, examples):
     return examples, f"{examples}/ (committed example results; {reports}/ {why})"
 
 
-def build_report(source, output, nsys, source_line):
-    """Read every step in `source`, write the summary and pictures to `output`.
+def build_report(source, output, nsys, source_line, other_run=None):
+    """Read every step in `source`, write the summary and pictures to `output`; `other_run`: (results, where
+    they come from) of another run to compare with, or None.
 
-    Returns the notes (one line per thing that could not be read) and the number of timelines drawn.
+    Returns the notes (one line per thing that could not be read), the number of timelines drawn and, with
+    another run, the verdict on each step's figure between the runs.
     """
     results, notes = load_results(source)
     ladder = [result for result in results if is_ladder_step(result)]
@@ -271,14 +259,28 @@ def build_report(source, output, nsys, source_line):
     output.mkdir(parents=True, exist_ok=True)
     traces, figures, trace_notes = read_traces(source, ladder + beyond, nsys)
     notes += trace_notes
+    between_runs, verdicts = reproduce.comparison(results, *other_run) if other_run else ([], {})
     write_summary(output / "summary.md", ladder, beyond, figures,
-                  sorted({trace.nsys_version for trace in traces.values()}), notes, source_line)
+                  sorted({trace.nsys_version for trace in traces.values()}), notes, source_line, between_runs)
     draw_ladder(output / "ladder.png", ladder)
     for result in ladder + beyond:
         if result["stem"] in traces:
             title = f"{result['stem']}: {result.get('lesson', '')}"
             plots.plot_timeline(output / f"timeline_{result['stem']}.png", traces[result["stem"]], title)
-    return notes, len(traces)
+    return notes, len(traces), verdicts
+
+
+def read_other_run(directory, source):
+    """--compare: the step results of another run and a line that names it, or a one-line error saying what to pass."""
+    advice = "pass --compare the reports directory of another run of the steps (`make reproduce` makes two)"
+    if not directory.is_dir():
+        raise CourseError(f"--compare {directory} is not a directory: {advice}")
+    if directory.resolve() == source.resolve():
+        raise CourseError(f"--compare {directory} is the run being reported: {advice}")
+    results, _ = load_results(directory)
+    if not any(has_timed_window(result) for result in results):
+        raise CourseError(f"--compare {directory} holds no timed step result: {advice}")
+    return results, f"{directory}/"
 
 
 def read_traces(source, results, nsys):
@@ -318,6 +320,9 @@ def parse_arguments(argv=None):
                         help="committed results to report when the reports directory holds none "
                              f"(default: {DEFAULT_EXAMPLES}/)")
     parser.add_argument("--nsys", help="the nsys executable that exports .nsys-rep files (default: nsys on PATH)")
+    parser.add_argument("--compare", type=cli.non_empty_path, metavar="OTHER_DIR",
+                        help="another run's reports directory: the summary then says which steps' figures "
+                             "reproduce between the two runs, and why the others do not")
     return parser.parse_args(argv)
 
 
@@ -325,13 +330,17 @@ def main(argv=None):
     args = parse_arguments(argv)
     cli.check_writable_directory(args.reports, "--reports")  # before any work, and before naming a source
     source, source_line = choose_source(args.reports, args.examples)
+    other_run = read_other_run(args.compare, source) if args.compare else None
     try:
-        notes, timelines = build_report(source, args.reports, args.nsys or shutil.which("nsys"), source_line)
+        notes, timelines, verdicts = build_report(source, args.reports, args.nsys or shutil.which("nsys"),
+                                                  source_line, other_run)
     except OSError as error:  # what it reads is read with care; this is a write that failed after the check
         raise CourseError(f"could not write the report to {args.reports}/ ({error}): pass --reports a directory "
                           "you can write to") from None
     for note in notes:
         print(f"report: {note}")
+    if other_run:
+        print(f"report: against {args.compare}/: {reproduce.reproduced_line(verdicts)}")
     print(f"report: wrote summary.md, ladder.png and {timelines} timeline picture(s) to {args.reports}/")
 
 

@@ -21,6 +21,7 @@ cli.parser and workload.prepare: step_script(stem), with its own options in `ext
 """
 import dataclasses
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -337,7 +338,30 @@ def report_script():
         Bad("bad", no_step, "results of the wrong kind (a JSON list)", usage=False, damage=result_in_bad("[1, 2]")),
         Bad("", "an empty path", "empty"),
     ]
-    return Script({"--reports": directory_values("--reports"), "--examples": examples},
+    def examples_and(make=lambda course: None):
+        """The committed examples are there to report (a step's result), and `make` adds what --compare names."""
+        def add(course):
+            (course / "results/h100-torch").mkdir(parents=True)
+            shutil.copy(course / "reports/1_baseline.json", course / "results/h100-torch")
+            make(course)
+        return with_examples(add)
+
+    def garbage_result(course):
+        (course / "bad").mkdir()
+        (course / "bad/1_baseline.json").write_text("garbage")
+    another_run = "pass --compare the reports directory of another run of the steps"
+    not_a_directory, no_result = f"is not a directory: {another_run}", f"holds no timed step result: {another_run}"
+    compare = [
+        Bad("nowhere", not_a_directory, "missing", usage=False, damage=examples_and()),
+        Bad("reports/1_baseline.json", not_a_directory, "a file", usage=False, damage=examples_and()),
+        Bad("empty", no_result, "an empty directory", usage=False,
+            damage=examples_and(lambda course: (course / "empty").mkdir())),
+        Bad("bad", no_result, "results that are not JSON", usage=False, damage=examples_and(garbage_result)),
+        Bad("results/h100-torch", f"is the run being reported: {another_run}", "the run being reported",
+            usage=False, damage=examples_and()),
+        Bad("", "an empty path", "empty"),
+    ]
+    return Script({"--reports": directory_values("--reports"), "--examples": examples, "--compare": compare},
                   fixed=("--reports", "no-results"))
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from common import ladder, nsys_trace, plots, report, stats
+from common import ladder, nsys_trace, plots, report, reproduce, stats
 from tools import trim_nsys_sqlite
 
 REPO = Path(__file__).resolve().parents[1]
@@ -539,6 +539,78 @@ def test_report_on_the_course_fixtures(tmp_path, no_nsys):
 
 
 # ---------------------------------------------------------------------------------------------------
+# Two runs compared (--compare, common/reproduce.py)
+
+
+def two_runs(tmp_path):
+    """Two runs whose steps differ between the runs in each of the ways the comparison tells apart."""
+    steps = {  # stem: (windows of this run, windows of the other run)
+        "1_baseline": ([20.0, 20.2, 20.4], [23.4, 23.5, 23.9]),  # steady in both, 16% apart
+        "2_reuse_buffers": ([19.9, 20.0, 20.1], [19.3, 19.9, 20.0]),  # 0.5% apart
+        "3_use_pin_memory": ([10.0, 10.5, 11.5], [9.4, 9.5, 10.2]),  # 10.5% apart, the windows overlap
+        "4_use_fp16": ([6.0, 6.1, 7.0], [5.2, 5.4, 5.5]),  # 13% apart, no overlap, this run spread 16%
+        "5_multi_streams": ([5.0, 5.1, 5.2], None),  # not in the other run
+    }
+    here, there = tmp_path / "run-2", tmp_path / "run-1"
+    for number, (stem, (mine, theirs)) in enumerate(steps.items(), start=1):
+        for directory, spans in ((here, mine), (there, theirs)):
+            if spans:
+                write_result(directory, number, stem, 3 * spans[-1], windows_ms_per_batch=spans,
+                             images_per_s=128 / stats.median(spans) * 1e3)
+    return here, there
+
+
+def test_between_runs_each_kind_of_difference_is_named(tmp_path):
+    here, there = two_runs(tmp_path)
+    lines, verdicts = reproduce.comparison(ladder.load_results(here)[0], ladder.load_results(there)[0], "run-1/")
+    assert verdicts == {"1_baseline": "differs between processes", "2_reuse_buffers": "reproduces",
+                        "3_use_pin_memory": "within noise", "4_use_fp16": "not steady in this run"}
+    rows = table_rows("\n".join(lines), "| step | ms per batch, this run")
+    assert rows[0][1:5] == ["20.20 (20.00–20.40)", "23.50 (23.40–23.90)", "-14.0", "differs between processes"]
+    assert rows[4][1:5] == ["5.10 (5.00–5.20)", "–", "–", "not in the other run"]
+    # step 2 against step 1: within noise here (the windows overlap), faster in the other run
+    assert rows[1][5] == "within noise (1.01×) / 1.18× faster ⚠"
+    assert rows[2][5] == "1.90× faster / 2.09× faster"
+    assert "1 of 4 steps reproduce within 5%; the others: 1_baseline (differs between processes)" in "\n".join(lines)
+    assert "Lessons whose verdict differs between the runs (⚠): 2_reuse_buffers." in "\n".join(lines)
+
+
+def test_another_workload_is_not_compared(tmp_path):
+    here, there = tmp_path / "a", tmp_path / "b"
+    write_result(here, 1, "1_baseline", 30.0)
+    write_result(there, 1, "1_baseline", 30.0, batch_size=64, images_per_s=64 / 10.0 * 1e3)
+    _, verdicts = reproduce.comparison(ladder.load_results(here)[0], ladder.load_results(there)[0], "b/")
+    assert verdicts == {"1_baseline": "other workload: not compared"}
+
+
+def test_compare_writes_the_section_and_says_the_verdict(tmp_path, no_nsys, capsys):
+    here, there = two_runs(tmp_path)
+    report.main(["--reports", str(here), "--compare", str(there)])
+    summary = (here / "summary.md").read_text()
+    assert summary.index("## Between two runs") < summary.index("## Commands")
+    assert f"This run against {there}/ (taken 2026-11-23T10:00:00+00:00)" in summary
+    assert (f"report: against {there}/: 1 of 4 steps reproduce within 5%; the others: 1_baseline (differs between "
+            "processes), 3_use_pin_memory (within noise), 4_use_fp16 (not steady in this run).") \
+        in capsys.readouterr().out
+    report.main(["--reports", str(here)])
+    assert "Between two runs" not in (here / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("other, says", [
+    ("missing", "is not a directory"), ("run-2", "is the run being reported"), ("empty", "holds no timed step result")])
+def test_compare_with_nothing_comparable_is_one_line(tmp_path, other, says):
+    here, _ = two_runs(tmp_path)
+    (tmp_path / "empty").mkdir()
+    done = subprocess.run([sys.executable, "-m", "common.report", "--reports", str(here), "--compare",
+                           str(tmp_path / other)], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == (f"error: --compare {tmp_path / other} {says}"
+                                   + done.stderr.strip().split(says, 1)[1])
+    assert done.stderr.strip().endswith("pass --compare the reports directory of another run of the steps "
+                                        "(`make reproduce` makes two)")
+
+
+# ---------------------------------------------------------------------------------------------------
 # Where the results come from
 
 
@@ -576,7 +648,7 @@ def test_nothing_to_report_is_one_line_error(tmp_path):
 def test_help_names_the_options():
     done = subprocess.run([sys.executable, "-m", "common.report", "--help"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0
-    assert all(option in done.stdout for option in ("--reports", "--examples", "--nsys"))
+    assert all(option in done.stdout for option in ("--reports", "--examples", "--nsys", "--compare"))
 
 
 # ---------------------------------------------------------------------------------------------------
