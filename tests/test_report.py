@@ -637,6 +637,27 @@ def test_the_committed_examples_give_a_full_report(tmp_path, monkeypatch, no_nsy
     assert "not read" not in summary.replace("could not be read", "")
 
 
+@pytest.mark.parametrize("run, other", [("", None), ("run-1", None), ("run-2", "run-1")],
+                         ids=["profiled", "run-1", "run-2 against run-1"])
+def test_the_committed_summaries_are_what_the_report_makes_of_the_committed_results(tmp_path, monkeypatch, run, other,
+                                                                                    no_nsys):
+    """A README that links a committed summary links what the current report says of those results."""
+    committed = EXAMPLE_RESULTS / run
+    if not (committed / "summary.md").exists():
+        pytest.skip(f"missing {committed.relative_to(REPO)}/summary.md")
+    copy = tmp_path / "results" / "h100-torch" / run
+    copy.mkdir(parents=True)
+    for path in [*committed.glob("*.json"), *committed.glob("*.sqlite")]:
+        shutil.copy(path, copy)
+    if other:
+        shutil.copytree(EXAMPLE_RESULTS / other, tmp_path / "results" / "h100-torch" / other)
+    relative = copy.relative_to(tmp_path)  # the summary names its source as the committed one does
+    monkeypatch.chdir(tmp_path)
+    report.main(["--reports", str(relative), "--nsys", "/nonexistent"]
+                + (["--compare", str(relative.parent / other)] if other else []))
+    assert (copy / "summary.md").read_text() == (committed / "summary.md").read_text()
+
+
 def test_nothing_to_report_is_one_line_error(tmp_path):
     done = subprocess.run([sys.executable, "-m", "common.report", "--reports", str(tmp_path / "missing"),
                            "--examples", str(tmp_path / "none")], cwd=REPO, capture_output=True, text=True)
