@@ -66,19 +66,19 @@ def comparison(results, other_results, other_source):
              "| step | ms per batch, this run (range) | ms per batch, other run (range) | difference (%) "
              "| between the runs | lesson: this run / other run |",
              "| --- | ---: | ---: | ---: | --- | --- |"]
-    verdicts = {}
+    verdicts, flipped = {}, []
     for result in ladder_here + beyond_here:
-        other = others.get(result["stem"])
+        stem, other = result["stem"], others.get(result["stem"])
         if other is None:
             lines.append(f"| {ladder.step_label(result)} | {median_range(result)} | – | – | not in the other run | – |")
             continue
-        verdicts[result["stem"]] = run_verdict(result, other)
+        verdicts[stem] = run_verdict(result, other)
+        lesson = lesson_verdict(lessons_here[stem], lessons_there.get(stem))
+        if lesson.endswith("⚠"):
+            flipped.append(stem)
         lines.append(f"| {ladder.step_label(result)} | {median_range(result)} | {median_range(other)} "
-                     f"| {difference_pct(result, other):+.1f} | {verdicts[result['stem']]} "
-                     f"| {lesson_verdict(lessons_here[result['stem']], lessons_there.get(result['stem']))} |")
+                     f"| {difference_pct(result, other):+.1f} | {verdicts[stem]} | {lesson} |")
     lines += ["", reproduced_line(verdicts)]
-    flipped = [stem for stem in verdicts
-               if lesson_verdict(lessons_here[stem], lessons_there.get(stem)).endswith("⚠")]
     if flipped:
         lines += ["", f"Lessons whose verdict differs between the runs (⚠): {', '.join(flipped)}. Such a lesson's gain "
                       "is no larger than what moves between runs: read it in the trace, or compare it within one run."]

@@ -21,8 +21,8 @@ cli.parser and workload.prepare: step_script(stem), with its own options in `ext
 """
 import dataclasses
 import json
-import shutil
 import os
+import shutil
 import subprocess
 import sys
 
@@ -338,6 +338,7 @@ def report_script():
         Bad("bad", no_step, "results of the wrong kind (a JSON list)", usage=False, damage=result_in_bad("[1, 2]")),
         Bad("", "an empty path", "empty"),
     ]
+
     def examples_and(make=lambda course: None):
         """The committed examples are there to report (a step's result), and `make` adds what --compare names."""
         def add(course):
