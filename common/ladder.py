@@ -52,6 +52,18 @@ def rung_of(result):
     return step_number({"stem": result["builds_on"]})
 
 
+def rungs_and_beyond(results):
+    """The timed results split into the ladder's rungs and the steps beyond it; others (a sweep) in neither."""
+    return ([result for result in results if is_ladder_step(result)],
+            [result for result in results if has_timed_window(result) and not is_ladder_step(result)])
+
+
+def taken(results):
+    """When the results were taken: 'first date to last date', one date, or None where none has a date."""
+    dates = sorted({str(result["date"]) for result in results if result.get("date")})
+    return " to ".join(dict.fromkeys([dates[0], dates[-1]])) if dates else None
+
+
 def windows(result):
     """ms per batch of each timed window; a result from before windows existed is one window."""
     return result.get("windows_ms_per_batch") or [result["last3_ms"] / TUTORIAL_BATCHES]

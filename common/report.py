@@ -20,8 +20,8 @@ from pathlib import Path
 from common import cli, nsys_trace, plots, reproduce, stats
 from common.errors import CourseError
 from common.ladder import (compare, comparison_text, draw_ladder, floor_ms, has_timed_window, images_per_second,
-                           is_ladder_step, load_results, ms_per_batch, profiling_note, rung_of, speedups,
-                           step_label, step_number, times, versus_text, windows)
+                           lesson_comparisons, load_results, ms_per_batch, profiling_note, rung_of, rungs_and_beyond,
+                           speedups, step_label, step_number, taken, times, versus_text, windows)
 from common.nsys_trace import RUN_RANGE, WINDOW_RANGE
 
 DEFAULT_REPORTS = Path("reports")
@@ -61,8 +61,7 @@ def describe_runs(ladder, source_line):
         values = sorted({str(result[key]) for result in ladder if result.get(key) is not None})
         return "; ".join(values) if values else default
 
-    dates = sorted({str(result["date"]) for result in ladder if result.get("date")})
-    taken = " to ".join(dict.fromkeys([dates[0], dates[-1]])) if dates else "unknown"
+    when = taken(ladder) or "unknown"
     nsys = profiling_note(ladder)
     return [f"- Device: {distinct('device')}",
             f"- Backend: {distinct('backend_label')}",
@@ -70,9 +69,9 @@ def describe_runs(ladder, source_line):
             f"{distinct('batch_size')} images, back to back after a warm-up. A window's figure is the time to produce "
             "its results after its first, per result (the steady state, without the pipeline's filling); a step's "
             "figure is the median over its windows",
-            f"- Taken: {taken} (commands at the end){nsys}: tracing adds to every CUDA call's host time, so "
+            f"- Taken: {when} (commands at the end){nsys}: tracing adds to every CUDA call's host time, so "
             "launch-bound steps look slower than in `make run-all`" if nsys
-            else f"- Taken: {taken} (commands at the end)",
+            else f"- Taken: {when} (commands at the end)",
             f"- Source: {source_line}. Absolute times move between runs and machines: compare steps of one session"]
 
 
@@ -181,10 +180,10 @@ def beyond_the_ladder(beyond, ladder, figures):
     lines = ["", "## Beyond the ladder (same workload, compared with the rung it builds on)", "",
              "| step | what changed | ms per batch | range (ms) | images/s | vs its rung | H2D per batch (ms, trace) "
              "| limited by | output check |", "| --- | --- | ---: | ---: | ---: | --- | ---: | --- | --- |"]
+    lessons = lesson_comparisons(ladder, beyond)
     for result in beyond:
-        rung_number = rung_of(result)
-        rung = next((r for r in ladder if step_number(r) == rung_number), None)
-        versus = versus_text(compare(result, rung), rung_number) if rung else "–"
+        lesson = lessons[result["stem"]]
+        versus = versus_text(lesson, rung_of(result)) if lesson else "–"
         spans = windows(result)
         trace = figures.get(result["stem"], (None,))[0]
         lines.append(
@@ -249,8 +248,7 @@ def build_report(source, output, nsys, source_line, other_run=None):
     another run, the verdict on each step's figure between the runs.
     """
     results, notes = load_results(source)
-    ladder = [result for result in results if is_ladder_step(result)]
-    beyond = [result for result in results if has_timed_window(result) and not is_ladder_step(result)]
+    ladder, beyond = rungs_and_beyond(results)
     notes += [f"{r['stem']}: not a ladder step (kind {r.get('kind', 'unknown')!r}), not in the table"
               for r in results if not has_timed_window(r)]
     if not ladder:

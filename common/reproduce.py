@@ -46,15 +46,14 @@ def lesson_verdict(here, there):
 
 def comparison(results, other_results, other_source):
     """The summary's section on the other run: a row per step, then what did not reproduce, and why."""
-    split = [([r for r in group if ladder.is_ladder_step(r)],
-              [r for r in group if ladder.has_timed_window(r) and not ladder.is_ladder_step(r)])
-             for group in (results, other_results)]
-    (ladder_here, beyond_here), (ladder_there, beyond_there) = split
+    ladder_here, beyond_here = ladder.rungs_and_beyond(results)
+    ladder_there, beyond_there = ladder.rungs_and_beyond(other_results)
     lessons_here = ladder.lesson_comparisons(ladder_here, beyond_here)
     lessons_there = ladder.lesson_comparisons(ladder_there, beyond_there)
     others = {result["stem"]: result for result in ladder_there + beyond_there}
+    when = ladder.taken(ladder_there + beyond_there) or "date unknown"
     lines = ["", "## Between two runs: do the figures reproduce?", "",
-             f"This run against {other_source} (taken {taken(ladder_there + beyond_there)}), each step in a process "
+             f"This run against {other_source} (taken {when}), each step in a process "
              "of its own in both. A run's windows show the noise inside one process; only a second run shows what "
              f"changes from one process to the next. A step **reproduces** when the two medians are within "
              f"{REPRODUCE_PCT:g}%. Where they are not: **within noise** when the runs' windows overlap; **not "
@@ -70,7 +69,8 @@ def comparison(results, other_results, other_source):
     for result in ladder_here + beyond_here:
         stem, other = result["stem"], others.get(result["stem"])
         if other is None:
-            lines.append(f"| {ladder.step_label(result)} | {median_range(result)} | – | – | not in the other run | – |")
+            lines.append(f"| {ladder.step_label(result)} | {median_range(result)} | – | – | not in the other run "
+                         "| – |")
             continue
         verdicts[stem] = run_verdict(result, other)
         lesson = lesson_verdict(lessons_here[stem], lessons_there.get(stem))
@@ -80,19 +80,15 @@ def comparison(results, other_results, other_source):
                      f"| {difference_pct(result, other):+.1f} | {verdicts[stem]} | {lesson} |")
     lines += ["", reproduced_line(verdicts)]
     if flipped:
-        lines += ["", f"Lessons whose verdict differs between the runs (⚠): {', '.join(flipped)}. Such a lesson's gain "
-                      "is no larger than what moves between runs: read it in the trace, or compare it within one run."]
+        lines += ["", f"Lessons whose verdict differs between the runs (⚠): {', '.join(flipped)}. Such a lesson's "
+                      "gain is no larger than what moves between runs: read it in the trace, or compare it within "
+                      "one run."]
     return lines, verdicts
 
 
 def median_range(result):
     spans = ladder.windows(result)
     return f"{ladder.ms_per_batch(result):.2f} ({min(spans):.2f}–{max(spans):.2f})"
-
-
-def taken(results):
-    dates = sorted({str(result["date"]) for result in results if result.get("date")})
-    return " to ".join(dict.fromkeys([dates[0], dates[-1]])) if dates else "date unknown"
 
 
 def reproduced_line(verdicts):
