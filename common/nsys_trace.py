@@ -307,19 +307,20 @@ def busy_shares(trace):
     """
     window = trace.window
 
-    def share(spans):
-        return 100.0 * total_length(union(clip(span, window) for span in spans)) / (window[1] - window[0])
+    def share(intervals):
+        """Of (start, end) intervals already clipped to the window."""
+        return 100.0 * total_length(union(intervals)) / (window[1] - window[0])
 
     enqueue = []
     for thread in {r.thread for r in trace.ranges}:
         phases = union(clip(r, window) for r in trace.ranges if r.thread == thread and r.name in ENQUEUE_PHASES)
         waits = union(clip(c, window) for c in trace.api_calls if c.thread == thread and c.name in BLOCKING_CALLS)
-        enqueue += [Span(start, end) for start, end in subtract(phases, waits)]
+        enqueue += subtract(phases, waits)
     return {
-        "GPU compute": share(op for op in trace.gpu_ops if op.kind == "kernel"),
-        "H2D": share(op for op in trace.gpu_ops if op.kind == "H2D"),
+        "GPU compute": share(clip(op, window) for op in trace.gpu_ops if op.kind == "kernel"),
+        "H2D": share(clip(op, window) for op in trace.gpu_ops if op.kind == "H2D"),
         "host enqueue": share(enqueue),
-        "host output": share(r for r in trace.ranges if r.name == "output"),
+        "host output": share(clip(r, window) for r in trace.ranges if r.name == "output"),
     }
 
 
@@ -329,9 +330,3 @@ def limiting_resource(shares):
     the GPU for the host)."""
     resource, busy = max(shares.items(), key=lambda item: item[1])
     return resource if busy >= LIMIT_BUSY_PCT else "synchronization"
-
-
-@dataclasses.dataclass(frozen=True)
-class Span:
-    start: int
-    end: int
