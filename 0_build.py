@@ -9,7 +9,9 @@
    the layout change and ImageNet's normalization itself, before ResNet-18: step 12's engine.
 3. The engine: TensorRT builds a strongly typed network (layer precisions come from the ONNX types: the
    only mode TensorRT 11 has) with one optimization profile per --profile, reusing a timing cache.
-   With --backend torch it writes the stand-in's engine file instead.
+   With --backend torch it writes the stand-in's engine file instead, and compiles the stand-in with
+   PyTorch's Inductor for the profiles' batch range, as a build compiles a plan, saving the compile cache
+   beside it (--stand-in eager, or a machine where compiling cannot run, leaves it eager PyTorch).
 Each engine gets a metadata file (<engine>.json) that later steps check before they run.
 
 Examples:
@@ -45,6 +47,9 @@ def parse_args():
     parser.add_argument("--weights", choices=["seed", "imagenet"], default="seed",
                         help="deterministic random weights (default) or torchvision's ImageNet weights")
     cli.add_seed_option(parser, "the random weights")
+    parser.add_argument("--stand-in", choices=["compiled", "eager"], default="compiled",
+                        help="with --backend torch: compile the stand-in with PyTorch's Inductor (default), or run it "
+                             "as eager PyTorch")
     parser.add_argument("--workspace-mib", type=cli.whole_number(1, MAX_WORKSPACE_MIB), default=4096,
                         help="TensorRT's workspace limit (default 4096)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the engine is up to date")
@@ -77,7 +82,7 @@ def read_record(path):
     return record if isinstance(record, dict) else None
 
 
-def is_up_to_date(path, backend, precision, profiles, device, input_dtype):
+def is_up_to_date(path, backend, precision, profiles, device, input_dtype, stand_in):
     """Whether the engine file was built for exactly this. One whose metadata cannot be read, or that changed
     since it was built, is stale: say why, and rebuild it."""
     if not path.exists():
@@ -95,7 +100,26 @@ def is_up_to_date(path, backend, precision, profiles, device, input_dtype):
         import tensorrt as trt
         built_for += (metadata.get("tensorrt_version"), metadata.get("compute_capability"))
         wanted += (trt.__version__, device[1])
-    return built_for == wanted
+    return built_for == wanted and (backend == "tensorrt" or stand_in_is_current(path, metadata, stand_in))
+
+
+def stand_in_is_current(path, metadata, requested):
+    """Whether the stand-in runs as asked: eager as asked, or where compiling cannot run here; or compiled, with a
+    compile cache that is there, unchanged and made for this GPU and this torch."""
+    from common import torch_engine
+    recorded = metadata["stand_in"]
+    if recorded.get("requested") != requested:
+        return False
+    if torch_engine.why_not_compiled() is not None:
+        return True  # nothing else can be built here
+    if recorded["mode"] == "eager":
+        return requested == "eager"
+    key = torch_engine.cache_key(metadata["precision"], build.engine_input(metadata), metadata["weights_digest"],
+                                 [tuple(profile) for profile in metadata["profiles"]])
+    problem = torch_engine.cache_problem(path, recorded, key)
+    if problem:
+        print(f"{problem}: rebuilding it")
+    return problem is None
 
 
 def main():
@@ -107,15 +131,24 @@ def main():
     cli.check_writable_directory(build.ENGINE_DIR, "the engine directory")
     if path.is_dir():
         raise CourseError(f"{path} is a directory, where the engine would go: remove it, or pass another --name")
-    # TensorRT builds for the GPU it runs on; the stand-in's file is only weights and needs no GPU.
-    device = cuda.require_gpu() if backend == "tensorrt" else None
+    # TensorRT builds for the GPU it runs on, and so does the compiled stand-in; without a GPU the stand-in is eager.
+    device = cuda.require_gpu() if backend == "tensorrt" else gpu_if_any()
     ensure_weights(args.weights, args.seed)
-    if not args.force and is_up_to_date(path, backend, args.precision, profiles, device, args.input):
+    if not args.force and is_up_to_date(path, backend, args.precision, profiles, device, args.input, args.stand_in):
         print(f"{path} is up to date ({args.precision}, {data.IMAGE_INPUTS[args.input]} input, "
               f"profiles {build.format_profiles(profiles)}); --force rebuilds it")
         return
     build.build_engine(name, backend, args.precision, profiles, build.WEIGHTS_PATH,
-                       workspace_mib=args.workspace_mib, verbose=args.verbose, device=device, input_dtype=args.input)
+                       workspace_mib=args.workspace_mib, verbose=args.verbose, device=device, input_dtype=args.input,
+                       stand_in=args.stand_in)
+
+
+def gpu_if_any():
+    """(name, compute capability) of this GPU, or None on a machine without one."""
+    try:
+        return cuda.require_gpu()
+    except CourseError:
+        return None
 
 
 if __name__ == "__main__":

@@ -77,13 +77,14 @@ class InferenceGraphs:
     def launch(self, slot, batch_size):
         key = (slot.address, batch_size)
         if key not in self.graphs and self.capturable:
-            self.enqueue(slot, batch_size)  # outside the capture: finishes the shape's lazy set-up
-            cuda.synchronize(self.stream)
-            try:
-                self.graphs[key] = self.capture(slot, batch_size)
-            except CourseError as error:
-                print(f"note: this engine cannot be captured into a CUDA graph ({error}); running it without one")
-                self.capturable = False
+            with cuda.capture_lock:  # one first enqueue or capture at a time in the process (common/cuda.py: why)
+                self.enqueue(slot, batch_size)  # outside the capture: finishes the shape's lazy set-up
+                cuda.synchronize(self.stream)
+                try:
+                    self.graphs[key] = self.capture(slot, batch_size)
+                except CourseError as error:
+                    print(f"note: this engine cannot be captured into a CUDA graph ({error}); running it without one")
+                    self.capturable = False
         if key in self.graphs:
             cuda.launch_graph(self.graphs[key], self.stream)
         else:

@@ -21,10 +21,12 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 ENGINE_DIR = Path("engines")
 WEIGHTS_PATH = ENGINE_DIR / "resnet18_weights.pt"
-METADATA_FORMAT = 2  # 2: the engine file's size and digest, checked before it is loaded
+# 2: the engine file's size and digest, checked before it is loaded; 3: how the stand-in runs (compiled or eager)
+METADATA_FORMAT = 3
 # What a step needs from an engine's metadata; a file that lacks any of them is rebuilt.
 METADATA_KEYS = ("backend", "precision", "profiles", "weights_digest", "tensorrt_version", "compute_capability",
-                 "device", "engine_bytes", "engine_digest")
+                 "device", "engine_bytes", "engine_digest", "stand_in")
+EAGER_STAND_IN = {"requested": "eager", "mode": "eager", "why_eager": "asked for (--stand-in eager)"}
 MAX_BATCH = 2**31 - 1  # TensorRT's shapes are 32-bit (and no GPU holds a batch anywhere near it)
 MAX_FILE_NAME = 255  # bytes, on the file systems Linux uses
 ONNX_OPSET = 18  # within what TensorRT 10.0's ONNX parser and every later version accept
@@ -112,8 +114,9 @@ def build_tensorrt(onnx_path, image_shape, profiles, workspace_mib, verbose, com
 
 
 def build_engine(name, backend, precision, profiles, weights_path, workspace_mib=4096, verbose=False,
-                 device=None, input_dtype="float32"):
-    """Export, build and save one engine with its metadata; returns the engine file's path."""
+                 device=None, input_dtype="float32", stand_in="compiled"):
+    """Export, build and save one engine with its metadata; returns the engine file's path. `stand_in`: how the
+    PyTorch stand-in is to run, compiled (its cache is built here) or eager."""
     started = time.perf_counter()
     target = engine_path(name, backend)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -128,20 +131,27 @@ def build_engine(name, backend, precision, profiles, weights_path, workspace_mib
         print(f"building {target} with TensorRT: profiles {format_profiles(profiles)} ...")
         target.write_bytes(build_tensorrt(onnx_path, image_input.shape, profiles, workspace_mib, verbose, device[1]))
         import tensorrt as trt
-        tensorrt_version = trt.__version__
+        tensorrt_version, stand_in_record = trt.__version__, None
     else:
+        from common import torch_engine
         print(f"writing the PyTorch stand-in's engine {target}: profiles {format_profiles(profiles)} ...")
-        shutil.copyfile(weights_path, target)  # the stand-in's "plan" is the weights themselves
+        shutil.copyfile(weights_path, target)  # the stand-in's "plan" is the weights themselves, and its compile cache
+        stand_in_record = torch_engine.build(target, precision, profiles, image_input, data.file_digest(weights_path),
+                                             stand_in)
         tensorrt_version = None
-    write_metadata(target, backend, precision, profiles, weights_path, onnx_path, tensorrt_version, device, image_input)
+    write_metadata(target, backend, precision, profiles, weights_path, onnx_path, tensorrt_version, device, image_input,
+                   stand_in_record)
     size_mib = target.stat().st_size / 2**20
     print(f"built {target} ({size_mib:.1f} MiB) in {time.perf_counter() - started:.1f} s")
     return target
 
 
 def write_metadata(target, backend, precision, profiles, weights_path, onnx_path, tensorrt_version=None, device=None,
-                   image_input=data.IMAGE_INPUTS["float32"]):
-    """Record what the finished engine file `target` was built from, beside it (<engine>.json)."""
+                   image_input=data.IMAGE_INPUTS["float32"], stand_in=None):
+    """Record what the finished engine file `target` was built from, beside it (<engine>.json). `stand_in`: what
+    torch_engine.build recorded of a stand-in's compile (None: eager, as asked); None for TensorRT."""
+    if backend == "torch" and stand_in is None:
+        stand_in = EAGER_STAND_IN
     metadata = {
         "format": METADATA_FORMAT, "model": "resnet18", "backend": backend, "precision": precision,
         "profiles": [list(profile) for profile in profiles], "input": INPUT_NAME, "output": OUTPUT_NAME,
@@ -150,7 +160,7 @@ def write_metadata(target, backend, precision, profiles, weights_path, onnx_path
         "tensorrt_version": tensorrt_version, "torch_version": torch.__version__,
         "device": device[0] if device else None, "compute_capability": device[1] if device else None,
         "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "engine_bytes": target.stat().st_size, "engine_digest": data.file_digest(target),
+        "engine_bytes": target.stat().st_size, "engine_digest": data.file_digest(target), "stand_in": stand_in,
     }
     metadata_path(target).write_text(json.dumps(metadata, indent=2) + "\n")
     return metadata

@@ -5,6 +5,7 @@ a CourseError whose message says what to do.
 """
 import ctypes
 import sys
+import threading
 
 import numpy as np
 
@@ -156,6 +157,13 @@ def pinned_copies(arrays):
         if id(array) not in copies:
             copies[id(array)] = pinned_copy(array)
     return [copies[id(array)] for array in arrays]
+
+
+# Held by a first enqueue of a shape and by a stream capture, so that no two run at once in one process: on an
+# H200, the stand-in's first runs (PyTorch's allocator settling, Inductor's lazy set-up) in one thread while
+# another thread captured, or two threads capturing at once, invalidated the capture. Replays need no lock.
+# Reentrant: a capture's own first enqueue takes it again.
+capture_lock = threading.RLock()
 
 
 def begin_capture(stream):

@@ -12,6 +12,7 @@ from common import build, data
 from common.errors import CourseError
 
 SUPPORTED_TENSORRT = (10, 11)
+STAND_IN_MODES = ("compiled", "eager")  # torch_engine.MODES; this module imports torch only to load a stand-in
 
 
 def resolve_backend(requested):
@@ -32,12 +33,13 @@ def resolve_backend(requested):
     return "tensorrt"
 
 
-def backend_label(backend):
+def backend_label(backend, stand_in=None):
+    """What runs the engine: "TensorRT 10.13.3.9", or the stand-in and how it runs (`stand_in`: compiled, eager)."""
     if backend == "tensorrt":
         import tensorrt as trt
         return f"TensorRT {trt.__version__}"
-    import torch
-    return f"PyTorch stand-in (torch {torch.__version__}), not TensorRT"
+    from common import torch_engine
+    return torch_engine.label(stand_in)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,10 +109,11 @@ class LoadedEngine(ProfileChecks):
     input: TensorSpec
     output: TensorSpec
     runtime: object = None  # TensorRT's runtime must outlive the engines it deserialized
+    stand_in: str = None  # the stand-in's mode, "compiled" or "eager"; None for TensorRT
 
     @property
     def label(self):
-        return backend_label(self.backend)
+        return backend_label(self.backend, self.stand_in)
 
 
 def check_file(backend, path, precision, input_dtype="float32"):
@@ -133,13 +136,13 @@ def load(backend, path, precision, device, checked=None, input_dtype="float32"):
     _check_device(metadata, path, backend, device)
     if backend == "tensorrt":
         engine, runtime = _deserialize_tensorrt(path)
-        nptype = _tensorrt_nptype
+        nptype, stand_in = _tensorrt_nptype, None
     else:
         from common import torch_engine
-        engine = torch_engine.load_torch_engine(path, precision, metadata["profiles"], build.engine_input(metadata))
-        runtime, nptype = None, torch_engine.nptype
+        engine = torch_engine.load_torch_engine(path, metadata, build.engine_input(metadata))
+        runtime, nptype, stand_in = None, torch_engine.nptype, torch_engine.mode_of(engine)
     specs = _describe_io(engine, nptype)
-    return LoadedEngine(engine, metadata, path, backend, specs["input"], specs["output"], runtime)
+    return LoadedEngine(engine, metadata, path, backend, specs["input"], specs["output"], runtime, stand_in)
 
 
 def read_metadata(path):
@@ -165,6 +168,9 @@ def read_metadata(path):
     missing = [key for key in build.METADATA_KEYS if key not in metadata]
     if missing:
         raise StaleEngine(f"{metadata_file} lacks {', '.join(missing)}")
+    stand_in = metadata["stand_in"]
+    if metadata["backend"] == "torch" and not (isinstance(stand_in, dict) and stand_in.get("mode") in STAND_IN_MODES):
+        raise StaleEngine(f"{metadata_file} does not say how the stand-in runs (its stand_in is {stand_in!r})")
     return metadata
 
 

@@ -60,17 +60,19 @@ def measure(run, batch_size):
 def capture(enqueue, stream):
     """The inference as an executable CUDA graph, so that its GPU time carries none of the host's kernel
     launches (as in step 7, the first enqueue outside the capture); None, with a note, where it cannot be."""
-    enqueue()
-    cuda.synchronize(stream)
-    try:
-        cuda.begin_capture(stream)
+    with cuda.capture_lock:
+        enqueue()
+        cuda.synchronize(stream)
         try:
-            enqueue()
-        finally:
-            graph = cuda.end_capture(stream)  # always end it, or the stream stays capturing
-    except CourseError as error:
-        print(f"note: the floor's inference is timed without a CUDA graph ({error}): it includes the kernel launches")
-        return None
+            cuda.begin_capture(stream)
+            try:
+                enqueue()
+            finally:
+                graph = cuda.end_capture(stream)  # always end it, or the stream stays capturing
+        except CourseError as error:
+            print(f"note: the floor's inference is timed without a CUDA graph ({error}): it includes the kernel "
+                  "launches")
+            return None
     return graph
 
 

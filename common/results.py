@@ -14,6 +14,7 @@ import numpy as np
 from common import floor, nvtx, stats
 from common.errors import CourseError
 
+PROCESS_STARTED = time.perf_counter()  # the step imports this module first: its start-up is measured from here
 TIMED_BATCHES = 3  # the source tutorial times the last three batches: its figure, and the timelines' window
 OUTPUT_COST_RUNS = 20
 
@@ -42,6 +43,7 @@ class Timer:
         self.batches_per_window, self.windows = batches, windows
         self._lock = threading.Lock()
         self._started = None
+        self.startup_s = None
         self._window_range = self._run_range = None
         self._batch_starts, self._batch_ends, self._done_at = {}, [], {}
         # A full garbage collection walks every object with all threads stopped: with PyTorch loaded it took
@@ -58,6 +60,7 @@ class Timer:
             now = time.perf_counter()
             if self._started is None:
                 self._started = now
+                self.startup_s = now - PROCESS_STARTED  # loading, compiling, buffers, warm-up: all before this
                 self._run_range = nvtx.start("all batches")  # per-batch trace figures are read over this
             self._batch_starts[index] = now
 
@@ -172,7 +175,7 @@ def timings(timer, run):
         "windows_ms_per_batch": windows, "median_ms_per_batch": stats.median(windows),
         "spread_pct": stats.spread_pct(windows), "images_per_s": images_per_batch / stats.median(windows) * 1e3,
         "latency_p50_ms": stats.percentile(latencies, 50), "latency_p99_ms": stats.percentile(latencies, 99),
-        "last3_ms": timer.last3_ms, "total_ms": timer.total_ms,
+        "last3_ms": timer.last3_ms, "total_ms": timer.total_ms, "startup_s": timer.startup_s,
         "batch_starts_ms": batch_starts_ms, "results_done_ms": results_done_ms,
     }
 
@@ -184,7 +187,8 @@ def print_result(result, timer):
           f"per batch (median; windows {min(windows):.2f} to {max(windows):.2f}, spread {result['spread_pct']:.1f}%), "
           f"{result['images_per_s']:,.0f} images/s\n"
           f"  batch latency p50 {result['latency_p50_ms']:.2f} ms, p99 {result['latency_p99_ms']:.2f} ms; last "
-          f"{TIMED_BATCHES} batches {result['last3_ms']:.2f} ms (the source tutorial's figure)\n"
+          f"{TIMED_BATCHES} batches {result['last3_ms']:.2f} ms (the source tutorial's figure); start-up "
+          f"{result['startup_s']:.1f} s (load, compile, buffers, warm-up)\n"
           f"  floor (each on its own, batches back to back on one stream, CUDA events): H2D {floor['h2d_ms']:.2f} ms, "
           f"inference {floor['inference_ms']:.2f} ms per batch; this step takes "
           f"{result['median_ms_per_batch'] / max(floor.values()):.2f}x the larger\n"
@@ -201,7 +205,8 @@ def step_record(docstring, loaded, device):
     title, _, lesson = docstring.strip().splitlines()[0].partition(": ")
     return {
         "step": int(stem.split("_")[0]), "stem": stem, "title": title, "lesson": lesson,
-        "backend": loaded.backend, "backend_label": loaded.label, "engine": str(loaded.path),
+        "backend": loaded.backend, "backend_label": loaded.label, "stand_in": loaded.stand_in,
+        "engine": str(loaded.path),
         "precision": loaded.metadata["precision"], "device": device[0],
     }
 

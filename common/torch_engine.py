@@ -3,6 +3,16 @@
 It exists so the course runs, is tested and is measured on GPUs without TensorRT. Every figure it
 produces is a PyTorch figure, never a TensorRT one, and the course labels it so.
 
+It is built as a TensorRT engine is: once, ahead of the runs. `0_build.py --backend torch` folds each
+BatchNorm into its convolution (as TensorRT's builder does), compiles the network with PyTorch's
+Inductor for the engine's whole batch range (one dynamic batch dimension, bounded by the profiles),
+runs it once at each profile's opt shape, and saves PyTorch's portable compile caches beside the
+engine file (`<engine>.compiled`), keyed like a TensorRT plan by GPU, torch version, precision, input
+and weights. A step that loads the engine loads that cache and compiles from it in about a second;
+where it is missing or stale it says "recompiling: ..." and compiles again (slower, the same result).
+Eager PyTorch is the fallback where compilation cannot run (no GPU, no Triton, no C compiler, a
+compile error) or where the build asked for it (`--stand-in eager`); every label says which ran.
+
 Its contract is TensorRT's:
 - `execute_async_v3(stream)` only enqueues work on the given stream; it never synchronizes.
 - It reads only the bound input address and writes only the bound output address.
@@ -11,18 +21,36 @@ Its contract is TensorRT's:
   into a CUDA graph.
 - Optimization profiles are validated shape ranges: a shape outside the active profile is refused.
 The engine's weights are shared by all its contexts, as a TensorRT engine's are.
+A first enqueue of a shape holds `cuda.capture_lock`, which the steps' captures hold too: on an H200,
+two threads capturing at once, or one thread's first run while another captured, invalidated the
+capture (cudaErrorStreamCaptureInvalidated; "operation not permitted when stream is capturing").
 """
 import enum
+import os
+import shutil
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
+from torch.fx.experimental.optimization import fuse
 
-from common import data
+from common import cuda, data
 from common.errors import CourseError
 
-
+MODES = ("compiled", "eager")
 _SETTLING_PASSES = 3
 
+
+def label(mode):
+    """What produced a figure: never TensorRT."""
+    if mode == "compiled":
+        return f"compiled PyTorch stand-in (Inductor, torch {torch.__version__}), not TensorRT"
+    return f"eager PyTorch stand-in (torch {torch.__version__}), not TensorRT"
+
+
+# ---------------------------------------------------------------------------------------------------
+# TensorRT's interface
 
 class TensorIOMode(enum.Enum):
     """Mirrors `tensorrt.TensorIOMode`."""
@@ -55,11 +83,13 @@ class _CudaArray:
 class TorchEngine:
     """Mirrors `tensorrt.ICudaEngine`: I/O description, profiles, and a factory for execution contexts."""
 
-    def __init__(self, model, profiles, image_input, input_name="input", output_name="logits"):
+    def __init__(self, model, profiles, image_input, input_name="input", output_name="logits", mode="eager"):
         self._model = model
         self._profiles = [tuple(profile) for profile in profiles]
         self._image_input = image_input  # the ladder's normalized fp32 NCHW, or step 12's uint8 NHWC
         self._names = (input_name, output_name)
+        self._mode = mode  # "compiled" or "eager": how `_model` runs
+        self._contexts = []
 
     @property
     def num_io_tensors(self):
@@ -87,19 +117,30 @@ class TorchEngine:
         return [(batch, *sample) for batch in self._profiles[profile_index]]
 
     def create_execution_context(self):
-        return TorchExecutionContext(self)
+        context = TorchExecutionContext(self)
+        self._contexts.append(context)
+        return context
 
 
-def load_torch_engine(weights_path, precision, profiles, image_input):
-    """The stand-in's "deserialization": the module the ONNX export runs (data.inference_model), on the GPU."""
-    try:
-        model = data.inference_model(data.load_model(weights_path), precision, image_input.dtype).cuda()
-        if precision == "fp16":
-            # channels-last lets cuDNN pick tensor-core kernels without layout transposes, as TensorRT would.
-            model = model.to(memory_format=torch.channels_last)
-    except torch.cuda.OutOfMemoryError:
-        raise CourseError(f"out of GPU memory loading {weights_path}: free the GPU") from None
-    return TorchEngine(model, profiles, image_input)
+def mode_of(stand_in):
+    """"compiled" or "eager": how a TorchEngine runs."""
+    return stand_in._mode
+
+
+def weights_bytes(stand_in):
+    """The device memory of a TorchEngine's weights: its module's parameters and buffers (shared by its contexts)."""
+    tensors = [*stand_in._model.parameters(), *stand_in._model.buffers()]
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+
+
+def contexts_of(stand_in):
+    """The execution contexts made from a TorchEngine, in the order they were made."""
+    return list(stand_in._contexts)
+
+
+def activation_bytes(stand_in_context):
+    """A context's activation memory: what its private pool has reserved from the device (PyTorch's segments)."""
+    return sum(segment["total_size"] for segment in stand_in_context._pool.snapshot())
 
 
 class TorchExecutionContext:
@@ -118,7 +159,7 @@ class TorchExecutionContext:
     def active_optimization_profile(self):
         return self._profile
 
-    def set_optimization_profile_async(self, profile_index, stream):
+    def set_optimization_profile_async(self, profile_index, stream_handle):
         if not 0 <= profile_index < self._engine.num_optimization_profiles:
             raise RuntimeError(f"optimization profile {profile_index} does not exist")  # as TensorRT's binding
         self._profile = profile_index
@@ -136,8 +177,8 @@ class TorchExecutionContext:
         batch = self._shapes.get(self._engine.get_tensor_name(0), (-1,))[0]
         return (batch, *self._engine.get_tensor_shape(name)[1:])
 
-    def set_tensor_address(self, name, address):
-        self._addresses[name] = int(address)
+    def set_tensor_address(self, name, memory):
+        self._addresses[name] = int(memory)
         return True
 
     def execute_async_v3(self, stream_handle):
@@ -147,20 +188,27 @@ class TorchExecutionContext:
             return False
         images = self._view(input_name)
         logits = self._view(output_name)
-        # The first enqueue of a shape is the stand-in's lazy set-up (TensorRT has one too): PyTorch's caching
-        # allocator can need a few passes before its pool holds the shape's whole allocation pattern (seen
-        # on an H100: one more segment on the second pass), and later enqueues must allocate nothing.
-        passes = 1 if images.shape in self._settled_shapes else _SETTLING_PASSES
-        self._settled_shapes.add(images.shape)
         try:
-            with torch.cuda.stream(torch.cuda.ExternalStream(stream_handle)), \
-                    torch.cuda.use_mem_pool(self._pool), torch.inference_mode():
-                for _ in range(passes):
-                    logits.copy_(self._engine._model(images))
+            if images.shape in self._settled_shapes:
+                self._forward(images, logits, stream_handle, passes=1)
+            else:
+                # The first enqueue of a shape is the stand-in's lazy set-up (TensorRT has one too): PyTorch's caching
+                # allocator can need a few passes before its pool holds the shape's whole allocation pattern (seen on
+                # an H100: one more segment on the second pass), and later enqueues must allocate nothing. No other
+                # thread may capture meanwhile (the module docstring says why).
+                with cuda.capture_lock:
+                    self._forward(images, logits, stream_handle, passes=_SETTLING_PASSES)
+                self._settled_shapes.add(images.shape)
         except torch.cuda.OutOfMemoryError:
             raise CourseError(f"out of GPU memory running a batch of {len(images)}: use a smaller --batch-size "
                               "or fewer contexts") from None
         return True
+
+    def _forward(self, images, logits, stream_handle, passes):
+        with torch.cuda.stream(torch.cuda.ExternalStream(stream_handle)), \
+                torch.cuda.use_mem_pool(self._pool), torch.inference_mode():
+            for _ in range(passes):
+                logits.copy_(self._engine._model(images))
 
     def _view(self, name):
         """A tensor over the bound address, cached so that each enqueue reuses the same view."""
@@ -169,3 +217,155 @@ class TorchExecutionContext:
             dtype = nptype(self._engine.get_tensor_dtype(name))
             self._views[key] = torch.as_tensor(_CudaArray(key[1], key[2], dtype), device="cuda")
         return self._views[key]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building: the module, compiled once for the engine's batch range, and its compile cache
+
+def inference_module(weights_path, precision, image_input):
+    """The module the ONNX export runs (data.inference_model), with every BatchNorm folded into its convolution
+    (in fp32, before any cast), on the GPU."""
+    try:
+        folded = fuse(data.load_model(weights_path))
+        model = data.inference_model(folded, precision, image_input.dtype).cuda()
+        if precision == "fp16":
+            # channels-last lets cuDNN pick tensor-core kernels without layout transposes, as TensorRT would.
+            model = model.to(memory_format=torch.channels_last)
+    except torch.cuda.OutOfMemoryError:
+        raise CourseError(f"out of GPU memory loading {weights_path}: free the GPU") from None
+    return model
+
+
+def why_not_compiled():
+    """None where PyTorch can compile the stand-in on this machine, else why not (a phrase)."""
+    from torch.utils._triton import has_triton
+    if not torch.cuda.is_available():
+        return "no CUDA GPU to compile for"
+    if not has_triton():
+        return "Triton cannot generate kernels for this GPU"
+    if not any(shutil.which(compiler) for compiler in (os.environ.get("CC"), "cc", "gcc", "clang") if compiler):
+        return "no C compiler (Triton builds its kernel launchers with one)"
+    return None
+
+
+def warm_sizes(profiles):
+    """The batch sizes a compile is warmed at: every profile's opt, then batch 1 where a profile takes it (PyTorch
+    compiles a size of 1 on its own: a dynamic dimension starts at 2), then the largest batch if no size of 2 or
+    more came up, so that no compile is left for a run to pay."""
+    sizes = list(dict.fromkeys(opt for _, opt, _ in profiles))
+    if min(low for low, _, _ in profiles) == 1:
+        sizes.append(1)
+    if all(size == 1 for size in sizes):
+        sizes.append(max(high for _, _, high in profiles))
+    return list(dict.fromkeys(sizes))
+
+
+def compile_module(model, profiles, image_input):
+    """The module compiled by Inductor (default mode), warmed at warm_sizes(profiles): one graph for the batches
+    of 2 and more of every profile (a dynamic batch dimension), one for batch 1. Returns it and the seconds it took.
+    The same calls at build and at load, so that a load finds the build's compiled graphs in the cache."""
+    compiled = torch.compile(model)
+    lowest, highest = max(2, min(low for low, _, _ in profiles)), max(high for _, _, high in profiles)
+    started = time.perf_counter()
+    for size in warm_sizes(profiles):
+        images = torch.zeros((size, *image_input.shape), dtype=getattr(torch, image_input.dtype), device="cuda")
+        if size >= 2 and lowest < highest:
+            torch._dynamo.mark_dynamic(images, 0, min=lowest, max=highest)
+        with torch.inference_mode():
+            compiled(images)
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()  # the warm-up's activations: each context has a pool of its own
+    return compiled, time.perf_counter() - started
+
+
+def cache_path(engine_file):
+    return Path(f"{engine_file}.compiled")
+
+
+def cache_key(precision, image_input, weights_digest, profiles):
+    """What a compiled stand-in is valid for, as a TensorRT plan is for one GPU and one TensorRT version."""
+    major, minor = torch.cuda.get_device_capability()
+    return {"compute_capability": f"{major}.{minor}", "torch": torch.__version__, "precision": precision,
+            "input": str(image_input), "weights": weights_digest, "profiles": [list(p) for p in profiles]}
+
+
+def build(engine_file, precision, profiles, image_input, weights_digest, requested):
+    """Compile the stand-in for engine_file (the weights, already written) and save its cache beside it; returns
+    what the metadata records of it (`stand_in`). Falls back to eager, saying why in one line."""
+    why_eager = "asked for (--stand-in eager)" if requested == "eager" else why_not_compiled()
+    if why_eager is None:
+        lowest, highest = min(p[0] for p in profiles), max(p[2] for p in profiles)
+        print(f"compiling the stand-in with PyTorch Inductor for batch {lowest}..{highest} "
+              f"(warmed at {', '.join(map(str, warm_sizes(profiles)))}) ...")
+        torch.compiler.reset()  # the cache holds this compile only
+        try:
+            _, seconds = compile_module(inference_module(engine_file, precision, image_input), profiles, image_input)
+            artifacts = torch.compiler.save_cache_artifacts()
+        except CourseError:
+            raise
+        except Exception as error:  # noqa: BLE001 (any compile failure leaves eager PyTorch, which runs everywhere)
+            why_eager = f"compilation failed ({first_line(error)})"
+        else:
+            if artifacts is None:
+                why_eager = "PyTorch saved no compile cache"
+    if why_eager is not None:
+        print(f"the stand-in runs eager PyTorch: {why_eager}")
+        return {"requested": requested, "mode": "eager", "why_eager": why_eager}
+    cache = cache_path(engine_file)
+    cache.write_bytes(artifacts[0])
+    print(f"compiled in {seconds:.1f} s; its cache: {cache} ({cache.stat().st_size / 2**20:.1f} MiB)")
+    return {"requested": requested, "mode": "compiled", "why_eager": None, "compile_s": round(seconds, 1),
+            "cache": cache.name, "cache_digest": data.file_digest(cache),
+            "cache_key": cache_key(precision, image_input, weights_digest, profiles)}
+
+
+def first_line(error):
+    return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}".rstrip(": ")
+
+
+def cache_problem(engine_file, stand_in, key):
+    """None where the engine's compile cache is there, unchanged and made for `key`; else what is wrong with it."""
+    cache = cache_path(engine_file)
+    if not cache.exists():
+        return f"{cache} is missing"
+    if data.file_digest(cache) != stand_in.get("cache_digest"):
+        return f"{cache} has changed since it was built"
+    recorded = stand_in.get("cache_key") or {}
+    differ = [f"{name} {recorded.get(name)} (this machine: {value})" for name, value in key.items()
+              if recorded.get(name) != value]
+    return f"{cache} was made for {', '.join(differ)}" if differ else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading
+
+def load_torch_engine(engine_file, metadata, image_input):
+    """The stand-in's "deserialization": the module, compiled from its cache where it was built compiled."""
+    precision, profiles = metadata["precision"], [tuple(p) for p in metadata["profiles"]]
+    model = inference_module(engine_file, precision, image_input)
+    mode = metadata["stand_in"]["mode"]
+    if mode == "compiled":
+        model, mode = compiled_from_cache(model, engine_file, metadata, image_input)
+    return TorchEngine(model, profiles, image_input, mode=mode)
+
+
+def compiled_from_cache(model, engine_file, metadata, image_input):
+    """(module, mode): compiled with the build's cache where it is valid, recompiled where not, eager where
+    compilation cannot run here; each departure from the build said in one line."""
+    stand_in, profiles = metadata["stand_in"], [tuple(p) for p in metadata["profiles"]]
+    why_eager = why_not_compiled()
+    if why_eager is None:
+        key = cache_key(metadata["precision"], image_input, metadata["weights_digest"], profiles)
+        problem = cache_problem(engine_file, stand_in, key)
+        if problem:
+            print(f"recompiling: {problem}; a slower start, the same results (`0_build.py --force` saves a new cache)")
+        else:
+            torch.compiler.load_cache_artifacts(cache_path(engine_file).read_bytes())
+        try:
+            return compile_module(model, profiles, image_input)[0], "compiled"
+        except torch.cuda.OutOfMemoryError:
+            raise CourseError(f"out of GPU memory compiling {engine_file}: free the GPU") from None
+        except Exception as error:  # noqa: BLE001 (as at build time: eager PyTorch runs everywhere)
+            why_eager = f"compilation failed ({first_line(error)})"
+    print(f"notice: {engine_file} runs as the eager PyTorch stand-in: {why_eager}")
+    return model, "eager"

@@ -259,7 +259,8 @@ def test_steps_on_profile_0_refuse_a_batch_only_profile_1_takes():
     (lambda engine_file, metadata_file: engine_file.write_bytes(engine_file.read_bytes()[::-1]),
      "has changed since it was built (its content does not match its metadata): rebuilding it"),
     (lambda engine_file, metadata_file: metadata_file.write_text("[]"), "is not of format"),
-    (lambda engine_file, metadata_file: metadata_file.write_text('{"format": 2}'), "lacks backend"),
+    (lambda engine_file, metadata_file: metadata_file.write_text(f'{{"format": {build.METADATA_FORMAT}}}'),
+     "lacks backend"),
     (lambda engine_file, metadata_file: metadata_file.unlink(), "has no metadata file"),
 ])
 def test_build_rebuilds_an_engine_it_cannot_trust(tmp_path, monkeypatch, capsys, damage, said):
@@ -268,9 +269,9 @@ def test_build_rebuilds_an_engine_it_cannot_trust(tmp_path, monkeypatch, capsys,
     monkeypatch.chdir(make_course(tmp_path))
     path = build.engine_path("resnet18_fp16", "torch")
     is_up_to_date = steps.load("0_build").is_up_to_date
-    assert is_up_to_date(path, "torch", "fp16", [(1, 128, 128)], None, "float32")
+    assert is_up_to_date(path, "torch", "fp16", [(1, 128, 128)], None, "float32", "eager")
     damage(path, build.metadata_path(path))
-    assert not is_up_to_date(path, "torch", "fp16", [(1, 128, 128)], None, "float32")
+    assert not is_up_to_date(path, "torch", "fp16", [(1, 128, 128)], None, "float32", "eager")
     printed = capsys.readouterr().out.strip()
     assert printed.startswith(str(path)) and said in printed and printed.endswith(": rebuilding it"), printed
 

@@ -37,6 +37,8 @@ def test_step_runs_and_matches_the_reference(workdir, step):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     saved = json.loads((workdir / "reports" / f"{step}.json").read_text())
     assert saved["check"]["passed"] and saved["backend"] == "torch" and "not TensorRT" in saved["backend_label"]
+    assert saved["stand_in"] == "compiled" and saved["backend_label"].startswith("compiled PyTorch stand-in (Inductor")
+    assert saved["startup_s"] > 0 and "recompiling" not in result.stdout  # the build's compile cache was used
     assert saved["last3_ms"] > 0 and saved["total_ms"] >= saved["last3_ms"]
     windows = saved["windows_ms_per_batch"]
     assert len(windows) == 2 and min(windows) <= saved["median_ms_per_batch"] <= max(windows)
@@ -210,6 +212,43 @@ def test_uncapturable_engine_falls_back_with_a_note(workdir, monkeypatch, capsys
     images = data.make_batches(1, 32, seed=3)[0]
     logits_of(cuda, graphs, stream, slot, output, images, graphs.launch)
     assert not graphs.capturable and "cannot be captured into a CUDA graph (capture refused)" in capsys.readouterr().out
+
+
+def test_two_threads_capturing_new_shapes_at_once_both_capture(workdir, monkeypatch):
+    """Two contexts, each in its own thread, meet batch sizes they have not run yet at the same moment: each size's
+    first enqueue and capture take cuda.capture_lock, so neither invalidates the other's capture (without it, on an
+    H200, both captures failed with cudaErrorStreamCaptureInvalidated), and every replay equals a direct run."""
+    import threading
+    from common import data
+    fixtures = [graph_fixture(workdir, monkeypatch) for _ in range(2)]
+    start = threading.Barrier(2)
+    sizes, replayed, errors = (8, 24, 40, 64), {}, []
+
+    def capture_all(index):
+        module, cuda, context, stream, run, slot, output = fixtures[index]
+        graphs = module.InferenceGraphs(context, stream, run)
+        start.wait()
+        try:
+            for size in sizes:
+                images = data.make_batches(1, size, seed=size)[0]
+                replayed[index, size] = logits_of(cuda, graphs, stream, slot, output, images, graphs.launch)
+            assert graphs.capturable and sorted(size for _, size in graphs.graphs) == list(sizes)
+        except Exception as error:  # noqa: BLE001 (reported below, from the main thread)
+            errors.append(error)
+    threads = [threading.Thread(target=capture_all, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    module, cuda, context, stream, run, slot, output = fixtures[0]
+    direct = module.InferenceGraphs(context, stream, run)
+    direct.capturable = False
+    for size in sizes:
+        images = data.make_batches(1, size, seed=size)[0]
+        want = logits_of(cuda, direct, stream, slot, output, images, direct.enqueue)
+        for index in range(2):
+            np.testing.assert_array_equal(replayed[index, size], want)
 
 
 def test_step8_contexts_run_concurrently_and_share_the_batches(workdir, monkeypatch):
