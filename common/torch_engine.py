@@ -65,9 +65,9 @@ class DataType(enum.Enum):
     UINT8 = np.uint8
 
 
-def nptype(dtype):
+def nptype(trt_type):
     """Mirrors `tensorrt.nptype`: the numpy type of a tensor's DataType."""
-    return dtype.value
+    return trt_type.value
 
 
 class _CudaArray:
@@ -260,14 +260,21 @@ def warm_sizes(profiles):
     return list(dict.fromkeys(sizes))
 
 
-def compile_module(model, profiles, image_input):
-    """The module compiled by Inductor (default mode), warmed at warm_sizes(profiles): one graph for the batches
-    of 2 and more of every profile (a dynamic batch dimension), one for batch 1. Returns it and the seconds it took.
-    The same calls at build and at load, so that a load finds the build's compiled graphs in the cache."""
+def load_sizes(profiles):
+    """The sizes a load warms at: the build's first, which compiles the graph of every batch of 2 or more (batch 1
+    compiles at its first enqueue, from the same cache: no ladder step runs it)."""
+    return warm_sizes(profiles)[:1]
+
+
+def compile_module(model, profiles, image_input, sizes):
+    """The module compiled by Inductor (default mode), warmed at `sizes` (warm_sizes at build, load_sizes at load):
+    one graph for the batches of 2 and more of every profile (a dynamic batch dimension), one for batch 1. Returns
+    it and the seconds it took. The same calls at build and at load, in the same order, so that a load finds the
+    build's compiled graphs in the cache."""
     compiled = torch.compile(model)
     lowest, highest = max(2, min(low for low, _, _ in profiles)), max(high for _, _, high in profiles)
     started = time.perf_counter()
-    for size in warm_sizes(profiles):
+    for size in sizes:
         images = torch.zeros((size, *image_input.shape), dtype=getattr(torch, image_input.dtype), device="cuda")
         if size >= 2 and lowest < highest:
             torch._dynamo.mark_dynamic(images, 0, min=lowest, max=highest)
@@ -299,7 +306,8 @@ def build(engine_file, precision, profiles, image_input, weights_digest, request
               f"(warmed at {', '.join(map(str, warm_sizes(profiles)))}) ...")
         torch.compiler.reset()  # the cache holds this compile only
         try:
-            _, seconds = compile_module(inference_module(engine_file, precision, image_input), profiles, image_input)
+            _, seconds = compile_module(inference_module(engine_file, precision, image_input), profiles, image_input,
+                                        warm_sizes(profiles))
             artifacts = torch.compiler.save_cache_artifacts()
         except CourseError:
             raise
@@ -361,8 +369,11 @@ def compiled_from_cache(model, engine_file, metadata, image_input):
             print(f"recompiling: {problem}; a slower start, the same results (`0_build.py --force` saves a new cache)")
         else:
             torch.compiler.load_cache_artifacts(cache_path(engine_file).read_bytes())
+            # The cache holds the compiled kernels: a step needs no pool of compile worker processes, whose start
+            # and shutdown would only lengthen its own.
+            torch._inductor.config.compile_threads = 1
         try:
-            return compile_module(model, profiles, image_input)[0], "compiled"
+            return compile_module(model, profiles, image_input, load_sizes(profiles))[0], "compiled"
         except torch.cuda.OutOfMemoryError:
             raise CourseError(f"out of GPU memory compiling {engine_file}: free the GPU") from None
         except Exception as error:  # noqa: BLE001 (as at build time: eager PyTorch runs everywhere)
