@@ -32,7 +32,7 @@ RUN := BACKEND=$(BACKEND) $(PYTHON)
 BATCHING := 10_batch_size_sweep 11_dynamic_batching
 BATCHING_ARGS ?=
 
-.PHONY: setup build run-all reproduce profile-all backend-valid nsys-available batching report test clean
+.PHONY: setup build run-all reproduce profile-all backend-valid nsys-available gpu-available batching report test clean
 
 setup: $(SETUP)
 
@@ -41,10 +41,12 @@ setup: $(SETUP)
 # ignores pip's local config (find-links, extra indexes) and takes both from the package index.
 # TensorRT is installed where a GPU is present and the package can be had; otherwise BACKEND=auto
 # uses the stand-in.
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-stubs.txt
 	python3 -m venv $(VENV)
 	env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null \
 	    $(VENV)/bin/python -m pip install -q -r requirements.txt
+	env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null \
+	    $(VENV)/bin/python -m pip install -q --no-deps --upgrade --target $(VENV)/tensorrt-stubs -r requirements-stubs.txt
 	@if command -v nvidia-smi >/dev/null 2>&1; then \
 	    $(VENV)/bin/python -m pip install -q 'tensorrt>=10.1,<12' \
 	    || echo "notice: TensorRT could not be installed; BACKEND=auto will use the PyTorch stand-in"; fi
@@ -58,13 +60,15 @@ build: backend-valid $(SETUP)
 	$(RUN) 0_build.py --precision fp16 --profile 1:256:1024 --name resnet18_fp16_wide
 	$(RUN) 0_build.py --precision fp16 --input uint8 --name resnet18_fp16_uint8
 
-run-all: build
+# The GPU is checked first, as nsys is for profile-all: without one, the build would cost a minute for nothing.
+run-all: backend-valid gpu-available
+	@$(MAKE) --no-print-directory build
 	@set -e; for step in $(STEPS) $(AFTER_LADDER); do echo "== $$step"; $(RUN) $$step.py --reports $(REPORTS) $(STEP_ARGS); done
 	$(MAKE) --no-print-directory report
 
 # nsys is checked first: a missing profiler must not cost the set-up and the build before it is reported.
 # The build is a sub-make, not a prerequisite, so that `make -j` cannot start it before the check either.
-profile-all: nsys-available
+profile-all: nsys-available backend-valid gpu-available
 	@$(MAKE) --no-print-directory build
 	@mkdir -p $(REPORTS)
 	@set -e; for step in $(STEPS) $(AFTER_LADDER); do echo "== $$step (nsys)"; \
@@ -79,7 +83,12 @@ backend-valid:
 nsys-available:
 	@command -v $(NSYS) >/dev/null 2>&1 || { echo "error: nsys not found: install Nsight Systems (or put it on PATH), or run make run-all"; exit 1; }
 
-batching: build
+# The course's own check (common/cuda.py), so that the message is the one every step would give.
+gpu-available: $(SETUP)
+	@$(PYTHON) -c "from common import cli, cuda; cli.run(cuda.require_gpu)"
+
+batching: backend-valid gpu-available
+	@$(MAKE) --no-print-directory build
 	@set -e; for step in $(BATCHING); do echo "== $$step"; $(RUN) $$step.py --reports $(REPORTS) $(BATCHING_ARGS); done
 
 report: $(SETUP)

@@ -1,5 +1,6 @@
 """CPU tier: a wrong environment or bad input ends with one line that says what to do, never a traceback."""
 import subprocess
+import sys
 
 import pytest
 
@@ -82,3 +83,17 @@ def test_profile_all_without_nsys_stops_before_the_build():
 def test_checking_a_directory_that_can_be_created_leaves_no_trace(tmp_path):
     cli.check_writable_directory(tmp_path / "a/b/c", "--reports")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("target", ["run-all", "batching", "reproduce", "profile-all"])
+def test_without_a_gpu_make_stops_before_the_build(target):
+    """On a machine without a GPU, every target that runs steps says so in the course's one line before it builds
+    anything (the build of five engines would cost a minute first)."""
+    if gpu_reason() is None:
+        pytest.skip("this machine has a GPU: the check passes here")
+    result = make(target, f"PYTHON={sys.executable}", "BACKEND=torch", "NSYS=true")
+    output = result.stdout + result.stderr
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert result.returncode != 0 and len(errors) == 1, output
+    assert "these scripts need an NVIDIA GPU" in errors[0] or "no CUDA GPU is visible" in errors[0], output
+    assert "0_build.py" not in output and "exporting" not in output
