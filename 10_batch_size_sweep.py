@@ -57,7 +57,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import batching, build, cli, cuda, data, engine as engines, nvtx, plots, results, stats, steps
+from common import batching, build, cli, cuda, data, engine as engines, memory, nvtx, plots, results, stats, steps
 from common.errors import CourseError
 
 step7 = steps.load("7_cuda_graph")  # the pipeline the sweep measures
@@ -143,6 +143,10 @@ class Pipeline:
     def release(self):
         """Drop what prepare() made for the batch size just measured."""
 
+    def activation_bytes(self):
+        """The activation memory the inference holds at the batch size just run."""
+        raise NotImplementedError
+
 
 class OutOfMemoryWhileCapturing(Exception):
     """Carries an out-of-memory error past step 7's launch(), which would take any CourseError while capturing
@@ -184,7 +188,7 @@ class EnginePipeline(Pipeline):
 
     def __init__(self, loaded, largest):
         super().__init__(loaded.input, loaded.output, largest)
-        self.label = loaded.label
+        self.label, self.loaded = loaded.label, loaded
         self.context = loaded.engine.create_execution_context()  # out of memory for it: one line (engine.py)
         self.graphs = SweepGraphs(self.context, self.compute_stream, loaded)
 
@@ -197,6 +201,9 @@ class EnginePipeline(Pipeline):
 
     def release(self):
         self.graphs.release()
+
+    def activation_bytes(self):
+        return memory.context_activation_bytes(self.loaded, self.context)
 
 
 class DeviceArray:
@@ -235,6 +242,10 @@ class EagerPyTorch(Pipeline):
         cuda.synchronize(self.compute_stream)
         self.inputs, self.logits = {}, None
         torch.cuda.empty_cache()  # give back what this size cached, so the next size has the memory
+
+    def activation_bytes(self):
+        """What PyTorch's allocator has reserved: this size's activations (release() gave back the last size's)."""
+        return torch.cuda.memory_reserved()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -277,13 +288,15 @@ def measure(pipeline, images, reference, batch_size, runs, repeats):
                 count = max(runs, math.ceil(MIN_SECONDS * 1e3 / latency_ms))
                 throughput_runs = tuple(run_back_to_back(pipeline, buffers, batch, count) for _ in range(repeats))
                 logits = pipeline.host_output.logits[:batch_size].copy()
+                activations, in_use = pipeline.activation_bytes(), memory.driver.over_start()
             finally:
                 pipeline.release()
     finally:
         nvtx.end(range_id)
     check = results.check_outputs([logits], [reference[:batch_size]], PRECISION)
     return batching.SweepRow(batch_size, latency_ms, statistics.median(throughput_runs), check=check,
-                             throughput_runs=throughput_runs)
+                             throughput_runs=throughput_runs, activations_mib=activations / memory.MIB,
+                             peak_in_use_mib=None if in_use is None else in_use / memory.MIB)
 
 
 def sweep(pipeline, batch_sizes, images, reference, runs, repeats):
@@ -308,6 +321,7 @@ def summarize(name, label, rows, within, budgets):
     """The sweep's rows with their marks, and the knee, peak and trade-offs, as the JSON keeps them."""
     knee, best = batching.knee_within_noise(rows, within), batching.peak(rows)
     notes = batching.marks(rows, within)
+    fits, stopped = batching.largest_that_fits(rows)
     return {
         "name": name, "label": label,
         "rows": [{**dataclasses.asdict(row), "spread_pct": stats.spread_pct(row.runs) if row.measured else None,
@@ -316,6 +330,7 @@ def summarize(name, label, rows, within, budgets):
         "peak": best.batch_size if best else None,
         "trade_offs": [row.batch_size for row in batching.trade_offs(rows)],
         "out_of_memory": [row.batch_size for row in rows if row.failure == batching.OUT_OF_MEMORY],
+        "largest_that_fits": fits, "fits_until": stopped,
         "within_budget": {f"{budget:g}": getattr(batching.best_within_latency(rows, budget), "batch_size", None)
                           for budget in budgets},
     }
@@ -326,17 +341,21 @@ def print_table(summary, within):
     rows = {row["batch_size"]: row for row in summary["rows"]}
     best = rows[summary["peak"]] if summary["peak"] else None
     print(f"\n{summary['name']}: {summary['label']}")
-    print(f"  {'batch':>6} {'latency ms':>11} {'ms/image':>9} {'images/s':>10} {'spread %':>8} {'% of peak':>9}  marks")
+    print(f"  {'batch':>6} {'latency ms':>11} {'ms/image':>9} {'images/s':>10} {'spread %':>8} {'% of peak':>9} "
+          f"{'activ. MiB':>10} {'in use MiB':>10}  marks")
     for size, row in rows.items():
         if row["failure"]:
             print(f"  {size:>6} {row['failure']:>11}")
             continue
         share = row["images_per_s"] / best["images_per_s"] * 100
+        activations, in_use = (f"{row[key]:>10,.1f}" if row[key] is not None else f"{'–':>10}"
+                               for key in ("activations_mib", "peak_in_use_mib"))
         print(f"  {size:>6} {row['latency_ms']:>11.3f} {row['latency_ms'] / size:>9.4f} {row['images_per_s']:>10,.0f} "
-              f"{row['spread_pct']:>8.1f} {share:>9.1f}  {', '.join(row['marks'])}")
+              f"{row['spread_pct']:>8.1f} {share:>9.1f} {activations} {in_use}  {', '.join(row['marks'])}")
     if best is None:
         print("  no batch size could be measured")
         return
+    print(f"  largest batch that fits on this GPU: {summary['largest_that_fits']} ({summary['fits_until']})")
     if summary["knee"] is None:
         print(f"  knee: one of batches {summary['knee_candidates']}: within the noise of the runs, they cannot be told "
               f"apart from the {within:.0%} threshold (more --repeats, or a quieter machine, may separate them)")
@@ -389,6 +408,7 @@ def prepare(args):
                           f"(batch {smallest}..{largest_allowed}): use a batch size in range or rebuild with "
                           "0_build.py --profile MIN:OPT:MAX")
     device = cuda.require_gpu()
+    memory.driver.begin()  # each batch size's memory in use is measured from here
     loaded = engines.load(backend, engine_file.path, PRECISION, device, checked=engine_file)
     images = data.make_batches(1, largest, args.seed)[0]
     chunks = [images[start:start + REFERENCE_CHUNK] for start in range(0, largest, REFERENCE_CHUNK)]

@@ -33,7 +33,7 @@ import concurrent.futures
 import statistics
 import time
 
-from common import build, cli, cuda, data, engine as engines, nvtx, results, steps, workload
+from common import build, cli, cuda, data, engine as engines, memory, nvtx, results, steps, workload
 from common.errors import CourseError
 
 step8 = steps.load("8_multi_context")
@@ -144,9 +144,10 @@ def main():
         for done in [pool.submit(pipeline.drive, claim_next) for pipeline in pipelines]:
             done.result()  # re-raises a pipeline thread's exception here
 
+    held = memory.held(run.loaded)  # the timed run's; the latency side adds contexts of its own
     latency = measure_latency(args, run, fp32_input)
     print_latency(latency)
-    results.finish(__doc__, args, run, timer, outputs, extra={
+    results.finish(__doc__, args, run, timer, outputs, held=held, extra={
         "builds_on": "8_multi_context", "latency_alone": {"runs": LATENCY_RUNS, "rows": latency}})
     differ = [f"batch {row['batch_size']} ({row['input']} input)" for row in latency if not row["check"]["passed"]]
     if differ:

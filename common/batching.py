@@ -34,6 +34,8 @@ class SweepRow:
     failure: str | None = None
     check: dict | None = None  # the batch's outputs against the reference (results.check_outputs)
     throughput_runs: tuple = ()  # images/s of each repeated measurement; images_per_s is their median
+    activations_mib: float | None = None  # the context's activation memory at this batch size (common/memory.py)
+    peak_in_use_mib: float | None = None  # the driver's device memory in use at this size, over the process's start
 
     @property
     def measured(self):
@@ -74,6 +76,18 @@ def run_sweep(batch_sizes, measure, on_row=None):
         if on_row is not None:
             on_row(row)
     return rows
+
+
+def largest_that_fits(rows):
+    """(the largest batch size that ran, why the sweep stopped there): the first size that ran out of memory, or
+    the end of the sweep, which is the engine's largest batch (or --batch-size)."""
+    ran = measured(rows)
+    if not ran:
+        return None, "no batch size ran"
+    first_failure = next((row for row in rows if row.failure == OUT_OF_MEMORY), None)
+    if first_failure and first_failure.batch_size > ran[-1].batch_size:
+        return ran[-1].batch_size, f"batch {first_failure.batch_size} ran out of memory"
+    return ran[-1].batch_size, "the largest batch swept"
 
 
 def measured(rows):

@@ -45,13 +45,37 @@ def require_gpu():
     return properties.name.decode().rstrip("\x00"), f"{properties.major}.{properties.minor}"
 
 
+# What this process allocated through the functions below and still holds, by address: bytes (common/memory.py).
+_device_held, _pinned_held = {}, {}
+
+
 def malloc(nbytes):
     """Device memory: returns the address as an int."""
-    return check(cudart.cudaMalloc(nbytes))
+    address = check(cudart.cudaMalloc(nbytes))
+    _device_held[address] = nbytes
+    return address
 
 
 def free(address):
     check(cudart.cudaFree(address))
+    _device_held.pop(address, None)
+
+
+def device_bytes_held():
+    """Device memory allocated with malloc and not freed."""
+    return sum(_device_held.values())
+
+
+def pinned_bytes_held():
+    """Page-locked host memory allocated with pinned_empty and not freed."""
+    return sum(_pinned_held.values())
+
+
+def device_memory_in_use():
+    """The driver's figure for the whole GPU: total less free memory (what nvidia-smi shows), in bytes. The first
+    call makes the process's CUDA context."""
+    free_bytes, total_bytes = check(cudart.cudaMemGetInfo())
+    return total_bytes - free_bytes
 
 
 def pinned_empty(shape, dtype):
@@ -61,6 +85,7 @@ def pinned_empty(shape, dtype):
     """
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     address = check(cudart.cudaMallocHost(nbytes))
+    _pinned_held[address] = nbytes
     buffer = (ctypes.c_byte * nbytes).from_address(address)
     return np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
@@ -68,6 +93,7 @@ def pinned_empty(shape, dtype):
 def free_host(array):
     """Free the pinned memory of an array made by pinned_empty (the array must not be used afterwards)."""
     check(cudart.cudaFreeHost(array.ctypes.data))
+    _pinned_held.pop(array.ctypes.data, None)
 
 
 def is_pinned(array):

@@ -167,6 +167,9 @@ def reference_logits(weights_path, batches, cache_dir):
         model = load_model(weights_path).to(device)
         with _without_tf32(), torch.inference_mode():
             logits = [model(torch.from_numpy(batch).to(device)).cpu().numpy() for batch in batches]
+        del model
+        if device == "cuda":
+            torch.cuda.empty_cache()  # the fp32 activations are not the step's: its memory figures leave them out
     except torch.cuda.OutOfMemoryError:
         raise CourseError(f"out of GPU memory computing the fp32 reference outputs of batches of up to {max(sizes)} "
                           "images: use a smaller --batch-size or free the GPU") from None

@@ -109,7 +109,7 @@ class LoadedEngine(ProfileChecks):
     input: TensorSpec
     output: TensorSpec
     runtime: object = None  # TensorRT's runtime must outlive the engines it deserialized
-    stand_in: str = None  # the stand-in's mode, "compiled" or "eager"; None for TensorRT
+    stand_in: str | None = None  # the stand-in's mode, "compiled" or "eager"; None for TensorRT
 
     @property
     def label(self):
@@ -246,6 +246,7 @@ class _TensorRTEngine:
 
     def __init__(self, engine, path):
         self._engine, self._path = engine, path
+        self._contexts = []  # what it made, for common/memory.py
 
     def __getattr__(self, name):
         return getattr(self._engine, name)
@@ -256,7 +257,13 @@ class _TensorRTEngine:
             raise CourseError(f"out of GPU memory creating an execution context for {self._path} (TensorRT reserves "
                               "the memory of its profiles' largest batch): build the engine with a smaller --profile "
                               "MAX, or free the GPU")
+        self._contexts.append(context)
         return context
+
+
+def tensorrt_contexts(wrapped):
+    """The execution contexts a loaded TensorRT engine (a _TensorRTEngine) made, in the order it made them."""
+    return list(wrapped._contexts)
 
 
 def _tensorrt_nptype(dtype):

@@ -1,7 +1,9 @@
 """The steps' results as the report compares them: the JSONs, their steady-state figures, noise, the ladder chart.
 
 A result is what common/results.py wrote: reports/<stem>.json. Results from before the course timed
-several windows hold only the source tutorial's figure ("last3_ms"); they count as one window.
+several windows hold only the source tutorial's figure ("last3_ms"); they count as one window. Results from
+before the course measured GPU memory hold no "memory"; those from before it named its PyTorch stand-in hold
+no "stand_in".
 """
 import json
 import re
@@ -151,6 +153,31 @@ def versus_text(comparison, step):
     return f"{factor:.2f}× step {step} ({verdict})"
 
 
+# What result["stand_in"] names (None for TensorRT), as the summary calls it.
+STAND_INS = {"compiled": "compiled PyTorch stand-in (Inductor)", "eager": "eager PyTorch stand-in"}
+UNNAMED_STAND_IN = "PyTorch stand-in (whether compiled or eager was not recorded)"
+
+
+def stand_in_name(result):
+    """Which PyTorch stand-in made a result: its "stand_in", else the word its backend label starts with."""
+    kind = result.get("stand_in")
+    if kind not in STAND_INS:
+        label = str(result.get("backend_label", ""))
+        kind = next((name for name in STAND_INS if label.startswith(name)), None)
+    return STAND_INS.get(kind, UNNAMED_STAND_IN)
+
+
+def memory_of(result):
+    """The step's GPU memory figures (MiB), or None for a result from before they were recorded."""
+    memory = result.get("memory")
+    return memory if isinstance(memory, dict) else None
+
+
+def activations_mib(memory):
+    """The activation memory of each execution context the step holds (MiB)."""
+    return [value for value in memory.get("activations_mib") or [] if isinstance(value, (int, float))]
+
+
 def floor_ms(result):
     """The larger of the step's H2D and inference per batch (common/floor.py); None for results without it."""
     floor = result.get("floor")
@@ -180,7 +207,20 @@ def draw_ladder(path, ladder):
                            "engine")
     plots.plot_ladder(path, bars, floor, "time per batch (ms): median over the timed windows, bars from the fastest "
                                          "to the slowest window; shorter is faster",
-                      f"Inference ladder\n{ladder_subtitle(ladder)}")
+                      f"Inference ladder\n{ladder_subtitle(ladder)}", memory_bars(ladder))
+
+
+def memory_bars(ladder):
+    """The memory panel's bars, one per step (None where its result has no memory figures); None when no step
+    has them, and then the chart has no memory panel."""
+    if not any(memory_of(result) for result in ladder):
+        return None
+    return [memory_bar(memory_of(result)) if memory_of(result) else None for result in ladder]
+
+
+def memory_bar(memory):
+    return plots.MemoryBar(memory.get("weights_mib") or 0, sum(activations_mib(memory)), memory.get("buffers_mib") or 0,
+                           memory.get("peak_in_use_mib"))
 
 
 def ladder_subtitle(ladder):

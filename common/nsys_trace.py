@@ -14,9 +14,23 @@ format is not documented. Tables and columns this module reads:
                                 'cudaGraphLaunch_v10000', ...); holds runtime and driver API calls
     ThreadNames                 globalTid, nameId;  TARGET_INFO_CUDA_CONTEXT_INFO  nullStreamId
     META_DATA_EXPORT            name, value (the exporting nsys version, shown in the summary)
+    CUDA_GPU_MEMORY_USAGE_EVENTS  start, globalPid, address, bytes, memKind, memoryOperationType: one row per
+                                device memory allocation or free (also deviceId, contextId, pc, name, correlationId
+                                and the memory pool columns); made only by `nsys profile --cuda-memory-usage=true`.
+                                memKind -> ENUM_CUDA_MEM_KIND (2 CUDA_MEMOPR_MEMORY_KIND_DEVICE "Device": cudaMalloc,
+                                cuMemAlloc; 0 pageable, 1 pinned, 4 managed, 5 device static, ...);
+                                memoryOperationType -> ENUM_CUDA_DEV_MEM_EVENT_OPER (0 Allocation, 1 Deallocation).
+                                Both enum tables are (id, name, label), like ENUM_CUDA_MEMCPY_OPER.
+The memory table and its enums are those of the "SQLite Schema Reference" of the Nsight Systems User Guide
+(docs.nvidia.com/nsight-systems/UserGuide/index.html#sqlite-schema-reference; the memory kinds are also in the
+2021.5 "SQLite Export Schema Reference", docs.nvidia.com/nsight-systems/2021.5/nsys-exporter/exported_data.html,
+"CUDA MemoryKind enum"); its columns follow CUPTI's memory activity record (CUpti_ActivityMemory4, one record
+per allocation and one per free). Only memKind 2 counts: memory allocated on the device (cudaMalloc,
+cuMemAlloc), not __device__ variables (5), pinned host or managed memory.
 Checked against Nsight Systems 2025.3.1 on an H100 (its exporter calls itself 2025.3.2.0, schema 3.20.3)
 and the layout documented for 2021.5, where NVTX text is inline in `text`; tables are made only when
-they have rows (no memsets, say), so a missing table reads as empty.
+they have rows (no memsets, say), so a missing table reads as empty. The memory table is not yet checked
+against a real export: the committed traces were trimmed without it, and the tests build it as documented.
 Timestamps are nanoseconds on one clock for CPU and GPU events; globalTid % 0x1000000 is the thread id.
 
 What the figures mean
@@ -28,7 +42,17 @@ An operation counts when it overlaps the range, with its whole duration: the sam
 reader can check any figure with nsys itself. Shares of time (GPU idle, copy overlapped with compute) are
 measured inside the window. Kernel launches count the API calls that launch one kernel; a CUDA graph
 launch starts many kernels with one call and is counted separately.
+
+Device memory in use (traces made with --cuda-memory-usage=true) is the running sum of the device memory
+allocations less frees of the process that opened the range, from the start of the trace (allocations made
+before the range count) to the range's end; its peak is the summary's "peak in use, trace". A free is matched
+to the allocation at its address and takes back that allocation's bytes; a free with no recorded allocation
+takes nothing back (the sum never goes below zero) and is counted. What the trace sees are the calls into the
+CUDA allocator: PyTorch's caching allocator reserves segments with cudaMalloc and keeps them, so for the PyTorch
+stand-in the sum is the segments reserved, not the tensors in them; the CUDA context and the driver's own
+memory are not in it.
 """
+import bisect
 import collections
 import dataclasses
 import re
@@ -61,6 +85,13 @@ ALLOCATION_CALLS = {"cudaMalloc", "cudaFree", "cuMemAlloc", "cuMemFree"}
 # Calls in which the host thread waits for the GPU: not enqueue work, though they sit inside "infer" in steps 1-4.
 BLOCKING_CALLS = {"cudaStreamSynchronize", "cudaEventSynchronize", "cudaDeviceSynchronize", "cudaMemcpy",
                   "cuStreamSynchronize", "cuEventSynchronize", "cuCtxSynchronize"}
+# CUDA_GPU_MEMORY_USAGE_EVENTS: the values of memKind and memoryOperationType that the running sum reads
+# (named in the export's ENUM_CUDA_MEM_KIND and ENUM_CUDA_DEV_MEM_EVENT_OPER).
+MEMORY_TABLE = "CUDA_GPU_MEMORY_USAGE_EVENTS"
+MEMORY_ENUM_TABLES = ("ENUM_CUDA_MEM_KIND", "ENUM_CUDA_DEV_MEM_EVENT_OPER")
+DEVICE_MEMORY_KIND = 2  # CUDA_MEMOPR_MEMORY_KIND_DEVICE
+ALLOCATION, DEALLOCATION = 0, 1  # CUDA_DEV_MEM_EVENT_OPR_ALLOCATION, CUDA_DEV_MEM_EVENT_OPR_DEALLOCATION
+MIB = 1 << 20
 # The NVTX phases in which a host thread queues GPU work; "output" is processing results on the host.
 ENQUEUE_PHASES = ("h2d", "infer", "d2h")
 LIMIT_BUSY_PCT = 70.0  # a resource busy this much of the run holds the critical path
@@ -98,6 +129,21 @@ class ApiCall:
     end: int
 
 
+@dataclasses.dataclass(frozen=True)
+class MemoryInUse:
+    """Device memory in use by a process: a step function from the start of the trace to the end of a range."""
+    changes: tuple  # (ns, bytes in use from then on), in time order
+    unmatched_frees: int  # frees with no recorded allocation at their address: they took nothing back
+
+    def peak_mib(self):
+        return max((in_use for _, in_use in self.changes), default=0) / MIB
+
+    def at(self, time):
+        """Bytes in use at `time` (ns): after every change at or before it."""
+        index = bisect.bisect_right(self.changes, time, key=lambda change: change[0])
+        return self.changes[index - 1][1] if index else 0
+
+
 @dataclasses.dataclass
 class Trace:
     """What the report uses from one trace: everything that overlaps the NVTX range it was read over (`window`)."""
@@ -108,6 +154,7 @@ class Trace:
     thread_names: dict  # globalTid -> name
     null_streams: set
     nsys_version: str
+    memory: MemoryInUse = None  # device memory in use up to the window's end; None where the trace has no record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +171,7 @@ class TraceFigures:
     allocation_calls: float  # cudaMalloc and cudaFree calls
     busy_pct: dict  # resource -> share of the range it was busy (see busy_shares)
     limited_by: str  # the resource that holds the critical path, or "synchronization"
+    memory_peak_mib: float  # device memory in use at its highest up to the range's end; None: not in the trace
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -168,7 +216,7 @@ def read_trace(database, range_name=WINDOW_RANGE):
             window=window, gpu_ops=read_gpu_ops(connection, window),
             ranges=read_nvtx_ranges(connection, window), api_calls=read_api_calls(connection, window),
             thread_names=read_thread_names(connection), null_streams=read_null_streams(connection),
-            nsys_version=read_export_version(connection))
+            nsys_version=read_export_version(connection), memory=read_memory_in_use(connection, window))
     except sqlite3.Error as error:  # not an nsys export, or a damaged one
         raise TraceUnavailable(f"{database} not read: {error}") from None
     finally:
@@ -248,6 +296,55 @@ def api_base_name(name):
     return re.sub(r"_v\d+$", "", name)
 
 
+def read_memory_in_use(connection, window):
+    """Device memory in use by the process that opened the window, from the start of the trace to the window's
+    end; None where the export has no memory table (profiled without --cuda-memory-usage=true, or trimmed)."""
+    present = columns(connection, MEMORY_TABLE)
+    if not present:
+        return None
+    process = opening_process(connection, window)
+    same_process, parameters = "", [DEVICE_MEMORY_KIND, window[1]]
+    if process is not None and "globalPid" in present:
+        same_process = "AND globalPid / 16777216 % 16777216 = ?"  # globalPid's process id, as process_of reads it
+        parameters.append(process)
+    rows = connection.execute(
+        f"SELECT start, memoryOperationType, address, bytes FROM {MEMORY_TABLE} WHERE memKind = ? AND start <= ? "
+        f"{same_process} ORDER BY start, rowid", parameters)
+    return memory_in_use(rows)
+
+
+def opening_process(connection, window):
+    """The process id of the thread that opened the window's NVTX range; None where the export does not say."""
+    row = connection.execute("SELECT globalTid FROM NVTX_EVENTS WHERE start = ? AND end = ? LIMIT 1",
+                             window).fetchone()
+    return process_of(row[0]) if row and row[0] is not None else None
+
+
+def process_of(global_id):
+    """The process id in a serialized globalTid or globalPid (24 bits above the thread id's 24)."""
+    return global_id // 0x1000000 % 0x1000000
+
+
+def memory_in_use(events):
+    """The running sum of device memory allocated less freed, over (ns, operation, address, bytes) events in
+    time order. A free takes back the bytes of the live allocation at its address; one without (its allocation
+    was not recorded) takes back nothing and is counted, so the sum never goes below zero."""
+    live, in_use, changes, unmatched = {}, 0, [], 0
+    for start, operation, address, size in events:
+        if operation == ALLOCATION:
+            in_use += size - live.get(address, 0)  # an address allocated again: its earlier free was not recorded
+            live[address] = size
+        elif operation != DEALLOCATION:
+            continue  # an operation the export's ENUM_CUDA_DEV_MEM_EVENT_OPER did not have when this was written
+        elif address in live:
+            in_use -= live.pop(address)
+        else:
+            unmatched += 1
+            continue
+        changes.append((start, in_use))
+    return MemoryInUse(tuple(changes), unmatched)
+
+
 def read_thread_names(connection):
     if not columns(connection, "ThreadNames"):
         return {}
@@ -293,7 +390,8 @@ def trace_figures(trace, batches=BATCHES_IN_WINDOW):
         copy_overlap_pct=100.0 * total_length(intersection(copies, kernels)) / copy_ns if copy_ns else None,
         alloc_free_ms=per_batch_ms(sum(r.end - r.start for r in trace.ranges if r.name in ("alloc", "free"))),
         allocation_calls=sum(calls[name] for name in ALLOCATION_CALLS) / batches,
-        busy_pct=shares, limited_by=limiting_resource(shares))
+        busy_pct=shares, limited_by=limiting_resource(shares),
+        memory_peak_mib=trace.memory.peak_mib() if trace.memory else None)
 
 
 def busy_shares(trace):

@@ -9,7 +9,7 @@ from matplotlib import ticker  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from common.intervals import clip  # noqa: E402
-from common.nsys_trace import RUN_RANGE, WINDOW_RANGE  # noqa: E402
+from common.nsys_trace import MIB, RUN_RANGE, WINDOW_RANGE, process_of  # noqa: E402
 
 # Timeline colours: GPU work in strong colours, the NVTX phase doing it in a light tint of the same hue
 # (the hues of common/nvtx.py, so the picture matches what the Nsight Systems GUI shows).
@@ -19,6 +19,10 @@ PHASE_COLORS = {"infer": "#aec7e8", "h2d": "#a8dcb0", "d2h": "#d7bde2", "alloc":
                 "free": "#f8c471", "output": "#f7dc6f", "sync": "#d5d8dc", "warm-up": "#eeeeee",
                 "capture": "#a3e4d7"}
 OTHER_RANGE_COLOR = "#e5e5e5"
+# GPU memory: what a step holds (weights, activations, buffers, stacked) and the device memory in use.
+MEMORY_COLORS = {"weights": "#1f5fbf", "activations": "#6baed6", "buffers": "#2e9e44"}
+IN_USE_COLOR = "#d9730d"
+MEMORY_LANE_INCHES = 1.1  # the timeline's panel of device memory in use
 
 # ---------------------------------------------------------------------------------------------------
 # The ladder chart
@@ -33,10 +37,26 @@ class LadderBar:
     note: str  # beside the bar: the speedup, "within noise"
 
 
-def plot_ladder(path, bars, floor, xlabel, title):
+@dataclasses.dataclass(frozen=True)
+class MemoryBar:
+    """A step's GPU memory (MiB): what it holds, stacked, and the device memory in use at its peak (None: not
+    measured)."""
+    weights_mib: float
+    activations_mib: float  # all its execution contexts together
+    buffers_mib: float
+    peak_in_use_mib: float
+
+
+def plot_ladder(path, bars, floor, xlabel, title, memory=None):
     """Horizontal bars (step names stay readable) of ms per batch, each with its windows' range as an error bar,
-    its note beside it, and the floor (ms, label) as a dashed line with each bar's distance from it."""
-    figure, axes = plt.subplots(figsize=(12, 1.5 + 0.55 * len(bars)), layout="constrained")
+    its note beside it, and the floor (ms, label) as a dashed line with each bar's distance from it. With
+    `memory` (a MemoryBar or None per bar), a panel to the right shows each step's GPU memory."""
+    height = 1.5 + 0.55 * len(bars)
+    if memory:
+        figure, (axes, memory_axes) = plt.subplots(1, 2, figsize=(18, height), layout="constrained", sharey=True,
+                                                   width_ratios=(2.2, 1))
+    else:
+        figure, axes = plt.subplots(figsize=(12, height), layout="constrained")
     values = [bar.ms for bar in bars]
     errors = [[bar.ms - bar.fastest_ms for bar in bars], [bar.slowest_ms - bar.ms for bar in bars]]
     drawn = axes.barh([bar.label for bar in bars], values, xerr=errors, color="#1f5fbf",
@@ -52,10 +72,43 @@ def plot_ladder(path, bars, floor, xlabel, title):
     axes.set_xlim(0, max(bar.slowest_ms for bar in bars) * 1.9)  # room for the labels right of the longest bar
     axes.set_xlabel(xlabel)
     axes.set_ylabel("step")
-    axes.set_title(title, fontsize=11)
     axes.grid(axis="x", alpha=0.3)
+    if memory:
+        draw_memory_panel(memory_axes, memory)
+        figure.suptitle(title, fontsize=11)  # over both panels
+    else:
+        axes.set_title(title, fontsize=11)
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def draw_memory_panel(axes, memory):
+    """Per step (rows as the ladder's): weights, activations and buffers stacked above, the peak of device memory
+    in use below; "not recorded" where the step's result has no memory figures."""
+    parts = {"weights": [], "activations": [], "buffers": []}
+    for bar in memory:
+        for name in parts:
+            parts[name].append(getattr(bar, f"{name}_mib") if bar else 0)
+    left = [0] * len(memory)
+    for name, widths in parts.items():
+        axes.barh([row - 0.2 for row in range(len(memory))], widths, height=0.38, left=left,
+                  color=MEMORY_COLORS[name], label=f"{name} (the step's own)")
+        left = [start + width for start, width in zip(left, widths)]
+    peaks = [bar.peak_in_use_mib if bar and bar.peak_in_use_mib is not None else 0 for bar in memory]
+    axes.barh([row + 0.2 for row in range(len(memory))], peaks, height=0.38, color=IN_USE_COLOR,
+              label="device memory in use at its peak")
+    for row, bar in enumerate(memory):
+        if bar is None:
+            axes.text(0, row, "  not recorded", va="center", fontsize=8, color="#555555")
+            continue
+        axes.text(left[row], row - 0.2, f" {left[row]:.0f}", va="center", fontsize=8)
+        axes.text(peaks[row], row + 0.2, f" {peaks[row]:.0f}" if bar.peak_in_use_mib is not None
+                  else "  peak not measured", va="center", fontsize=8)
+    axes.set_xlim(0, max(left + peaks) * 1.3 or 1)  # room for the figures right of the bars
+    axes.set_xlabel("GPU memory (MiB)")
+    axes.set_title("GPU memory of each step", fontsize=10)
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncols=2, fontsize=8, frameon=False)
+    axes.grid(axis="x", alpha=0.3)
 
 
 def plain_log_scale(axes, which):
@@ -73,11 +126,18 @@ def plain_log_scale(axes, which):
 
 def plot_timeline(path, trace, title):
     """The window as lanes: one per CUDA stream (its kernels and copies), one per host thread (its NVTX
-    ranges, nested ranges on rows below their parent); time in ms from the start of the window."""
+    ranges, nested ranges on rows below their parent); time in ms from the start of the window. Where the
+    trace records device memory, a thin panel below shows the memory in use."""
     stream_lanes = stream_lanes_of(trace)
     thread_lanes = thread_lanes_of(trace)
     rows = len(stream_lanes) + sum(len(lane_rows) for _, lane_rows in thread_lanes)
-    figure, axes = plt.subplots(figsize=(14, 1.9 + 0.42 * rows), layout="constrained")
+    lanes_height = 1.9 + 0.42 * rows
+    if trace.memory:
+        figure, (axes, memory_axes) = plt.subplots(2, 1, figsize=(14, lanes_height + MEMORY_LANE_INCHES),
+                                                   layout="constrained", sharex=True,
+                                                   height_ratios=(lanes_height - 0.9, MEMORY_LANE_INCHES))
+    else:
+        figure, axes = plt.subplots(figsize=(14, lanes_height), layout="constrained")
     window_ms = (trace.window[1] - trace.window[0]) / 1e6
     axes.set_xlim(0, window_ms)
     pixels_per_ms = figure.get_figwidth() * 0.8 * figure.dpi / window_ms  # about 80% of the width is the plot
@@ -101,7 +161,10 @@ def plot_timeline(path, trace, title):
 
     axes.set_ylim(y, 0)  # lanes top to bottom: GPU streams first
     axes.set_yticks(ticks, tick_labels, fontsize=9)
-    axes.set_xlabel(f"time since the start of the NVTX range \"{WINDOW_RANGE}\" (ms)")
+    if trace.memory:
+        draw_memory_lane(memory_axes, trace.memory, trace.window)
+    bottom = memory_axes if trace.memory else axes
+    bottom.set_xlabel(f"time since the start of the NVTX range \"{WINDOW_RANGE}\" (ms)")
     axes.set_title(title, fontsize=11)
     axes.grid(axis="x", alpha=0.3)
     axes.tick_params(axis="y", length=0)
@@ -109,6 +172,21 @@ def plot_timeline(path, trace, title):
                   frameon=False)
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def draw_memory_lane(axes, memory, window):
+    """Device memory in use (MiB) over the window, from the trace: its value as the window opens, then each
+    allocation and free inside it."""
+    times = [window[0], *(time for time, _ in memory.changes if window[0] < time < window[1]), window[1]]
+    in_use = [memory.at(time) / MIB for time in times]
+    offsets = [(time - window[0]) / 1e6 for time in times]
+    axes.fill_between(offsets, in_use, step="post", color=IN_USE_COLOR, alpha=0.25, linewidth=0)
+    axes.step(offsets, in_use, where="post", color=IN_USE_COLOR, linewidth=1.2)
+    axes.set_ylim(0, max(in_use) * 1.2 or 1)
+    axes.set_ylabel("device memory\nin use (MiB)", fontsize=9)
+    axes.set_title("GPU: device memory allocated less freed since the process started (the trace); its peak up to "
+                   f"the window's end: {memory.peak_mib():.1f} MiB", fontsize=8, loc="left")
+    axes.grid(axis="x", alpha=0.3)
 
 
 def legend_entries(trace, thread_lanes):
@@ -164,7 +242,7 @@ def to_ms(span, window):
 
 def is_main_thread(global_tid):
     """A process's main thread has the process's id (globalTid packs both, 24 bits each)."""
-    return global_tid % 0x1000000 == global_tid // 0x1000000 % 0x1000000
+    return global_tid % 0x1000000 == process_of(global_tid)
 
 
 def stream_label(stream, trace):
@@ -182,8 +260,9 @@ def thread_label(thread, trace):
 
 
 def plot_sweep(path, summaries, within, title):
-    """Step 10: throughput (with its runs' range) and latency against batch size, and latency against throughput."""
-    figure, (by_size, latency, trade) = plt.subplots(1, 3, figsize=(17, 5.4), layout="constrained")
+    """Step 10: throughput (with its runs' range), latency and GPU memory against batch size, and latency against
+    throughput."""
+    figure, ((by_size, latency), (trade, held)) = plt.subplots(2, 2, figsize=(15, 10), layout="constrained")
     colors = {"engine": "#1f5fbf", "pytorch": "#d9730d"}
     all_sizes = sorted({row["batch_size"] for summary in summaries for row in summary["rows"]})
     for summary in summaries:
@@ -198,6 +277,7 @@ def plot_sweep(path, summaries, within, title):
                   [max(r) - value for value, r in zip(throughput, runs)]]
         by_size.errorbar(sizes, throughput, yerr=spread, marker="o", color=color, capsize=3, label=label)
         latency.plot(sizes, latency_ms, marker="o", color=color, label=label)
+        plot_memory(held, summary, rows, color)
         trade.plot(throughput, latency_ms, marker="o", color=color, label=label)
         for row in rows:
             trade.annotate(str(row["batch_size"]), (row["images_per_s"], row["latency_ms"]), fontsize=8,
@@ -213,11 +293,11 @@ def plot_sweep(path, summaries, within, title):
                               textcoords="offset points", xytext=(-12, 2), ha="right", va="bottom", fontsize=9,
                               color=color, fontweight="bold")
         for size in summary["out_of_memory"]:
-            for axes in (by_size, latency):
+            for axes in (by_size, latency, held):
                 axes.axvline(size, color=color, linestyle=":", linewidth=1)
                 axes.annotate("out of memory", (size, 0.5), xycoords=("data", "axes fraction"), rotation=90,
                               fontsize=8, color=color, ha="right", va="center")
-    for axes in (by_size, latency):
+    for axes in (by_size, latency, held):
         axes.set_xscale("log", base=2)
         axes.set_xticks(all_sizes, [str(size) for size in all_sizes], fontsize=8)
         axes.set_xlabel("batch size (images)")
@@ -232,13 +312,37 @@ def plot_sweep(path, summaries, within, title):
     trade.set_xlabel("throughput (images/s)")
     trade.set_ylabel("latency of one batch (ms)")
     trade.set_title("The trade-off (points: batch sizes); lower right is better", fontsize=10)
-    for axes in (by_size, latency, trade):
+    held.set_ylabel("GPU memory (MiB)")
+    held.set_ylim(bottom=0)
+    held.set_title("GPU memory: activations (solid), in use (dashed); star: the largest batch that fits", fontsize=10)
+    if held.lines:
+        held.legend(fontsize=8, loc="upper left")
+    for axes in (by_size, latency, trade, held):
         axes.grid(alpha=0.3)
     figure.legend(*by_size.get_legend_handles_labels(), loc="outside lower center", ncols=len(summaries), fontsize=9,
                   frameon=False)  # below the panels, where it hides no curve
     figure.suptitle(title, fontsize=11)
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def plot_memory(axes, summary, rows, color):
+    """One sweep's memory against batch size, where its rows recorded it (results from before did not)."""
+    sizes = [row["batch_size"] for row in rows if row.get("activations_mib") is not None]
+    if not sizes:
+        return
+    axes.plot(sizes, [row["activations_mib"] for row in rows if row.get("activations_mib") is not None],
+              marker="o", color=color, label=f"{summary['name']}: activations")
+    in_use = [(row["batch_size"], row["peak_in_use_mib"]) for row in rows if row.get("peak_in_use_mib") is not None]
+    if in_use:
+        axes.plot(*zip(*in_use), marker=".", linestyle="--", color=color, label=f"{summary['name']}: in use")
+    fits = next((row for row in rows if row["batch_size"] == summary.get("largest_that_fits")), None)
+    if fits and fits.get("peak_in_use_mib") is not None:
+        axes.plot(fits["batch_size"], fits["peak_in_use_mib"], marker="*", markersize=16, color=color,
+                  markeredgecolor="black", linestyle="none")
+        axes.annotate(f"fits: {fits['batch_size']} ({summary.get('fits_until')})",
+                      (fits["batch_size"], fits["peak_in_use_mib"]), textcoords="offset points", xytext=(-12, 4),
+                      ha="right", fontsize=9, color=color)
 
 
 def plot_dynamic_batching(path, runs, title):

@@ -4,8 +4,10 @@
 
 Reads DIR/<stem>.json (one per step) and, where the step was profiled, DIR/<stem>.nsys-rep; writes
     DIR/summary.md           one row per step: steady-state timings with their noise, the floor, the output
-                             check, and what the trace shows (per-batch figures, what limits the step)
-    DIR/ladder.png           ms per batch of every step (median, windows' range), its speedup, the floor
+                             check, the GPU memory it holds, and what the trace shows (per-batch figures, what
+                             limits the step, device memory in use)
+    DIR/ladder.png           ms per batch of every step (median, windows' range), its speedup, the floor, and
+                             (where the results have them) each step's GPU memory
     DIR/timeline_<stem>.png  the last three batches of a profiled step: GPU streams and host threads
 If DIR holds no step results (a fresh clone, a machine without a GPU), it reports the committed example
 results in results/h100-torch/ instead, says so, and still writes to DIR. With --compare, the summary also
@@ -15,13 +17,15 @@ this module writes the summary and is the command line.
 """
 import argparse
 import shutil
+import textwrap
 from pathlib import Path
 
 from common import cli, nsys_trace, plots, reproduce, stats
 from common.errors import CourseError
-from common.ladder import (compare, comparison_text, draw_ladder, floor_ms, has_timed_window, images_per_second,
-                           lesson_comparisons, load_results, ms_per_batch, profiling_note, rung_of, rungs_and_beyond,
-                           speedups, step_label, step_number, taken, times, versus_text, windows)
+from common.ladder import (activations_mib, compare, comparison_text, draw_ladder, floor_ms, has_timed_window,
+                           images_per_second, lesson_comparisons, load_results, memory_of, ms_per_batch,
+                           profiling_note, rung_of, rungs_and_beyond, speedups, stand_in_name, step_label,
+                           step_number, taken, times, versus_text, windows)
 from common.nsys_trace import RUN_RANGE, WINDOW_RANGE
 
 DEFAULT_REPORTS = Path("reports")
@@ -34,13 +38,11 @@ DEFAULT_EXAMPLES = Path("results/h100-torch")
 def write_summary(path, ladder, beyond, figures, nsys_versions, notes, source_line, between_runs=()):
     """reports/summary.md: what the runs were, the timings with their noise, the floor, the traces, the notes."""
     lines = ["# Results of the inference ladder", ""]
-    if any(result.get("backend") == "torch" for result in ladder + beyond):
-        lines += ["> **PyTorch stand-in backend: not TensorRT numbers.** These runs used the course's PyTorch",
-                  "> engine behind TensorRT's interface (no TensorRT on that machine). The host-side lessons hold;",
-                  "> the kernel times are PyTorch's, not TensorRT's.", ""]
+    lines += stand_in_banner(ladder + beyond)
     lines += describe_runs(ladder, source_line)
     lines += timings_table(ladder, speedups(ladder))
     lines += floor_table(ladder + beyond, figures)
+    lines += memory_section(ladder, beyond, figures)
     if figures:
         lines += trace_tables(ladder + beyond, figures, nsys_versions)
         lines += step_2_in_the_trace(ladder, figures)
@@ -53,6 +55,24 @@ def write_summary(path, ladder, beyond, figures, nsys_versions, notes, source_li
     lines += [f"- {step_label(r)}: `{r.get('command', 'command unknown')}` ({r.get('date', 'date unknown')})"
               for r in ladder + beyond]
     path.write_text("\n".join(lines) + "\n")
+
+
+def stand_in_banner(results):
+    """Above everything, where a PyTorch stand-in made the figures: which one, and what its figures can show."""
+    stems = {}
+    for result in results:
+        if result.get("backend") == "torch":
+            stems.setdefault(stand_in_name(result), []).append(step_label(result))
+    if not stems:
+        return []
+    which = next(iter(stems)) if len(stems) == 1 else "; ".join(
+        f"{name} for {', '.join(names)}" for name, names in stems.items())
+    text = (f"**PyTorch stand-in backend: not TensorRT numbers.** These runs used the course's {which} behind "
+            "TensorRT's interface (no TensorRT on that machine): the kernel times are PyTorch's, not TensorRT's. How "
+            "much a lesson gains with TensorRT depends on the engine's kernels (how many there are and how fast they "
+            "run), so the stand-in's figures show each lesson's mechanism, not TensorRT's gain.")
+    lines = textwrap.wrap(text, width=110, break_on_hyphens=False, break_long_words=False)
+    return [f"> {line}" for line in lines] + [""]
 
 
 def describe_runs(ladder, source_line):
@@ -129,6 +149,150 @@ def floor_table(results, figures):
         lines += ["", f"The engines of {', '.join(uncaptured)} could not be captured into a CUDA graph: their floor's "
                       "inference time carries the host's kernel launches."]
     return lines
+
+
+def memory_section(ladder, beyond, figures):
+    """What each step holds on the GPU (its result's "memory") beside the device memory in use in its trace."""
+    results = ladder + beyond
+    trace_peaks = {stem: f.memory_peak_mib for stem, (f, _) in figures.items() if f.memory_peak_mib is not None}
+    lines = ["", "## GPU memory (MiB)", ""]
+    if not any(memory_of(r) for r in results) and not trace_peaks:
+        traces = (f", and none of their traces holds the device memory record ({nsys_trace.MEMORY_TABLE}: profiled "
+                  "without `--cuda-memory-usage=true`, or trimmed by a tools/trim_nsys_sqlite.py that did not keep it)"
+                  if figures else "")
+        return lines + ["Not recorded: these step results predate memory figures (no \"memory\" in their "
+                        f"JSON){traces}."]
+    lines += ["What each step holds on the GPU, from its result: the engine's weights; the activation (scratch) "
+              "memory of each execution context (contexts × MiB each); the step's own device buffers (inputs, "
+              "outputs); the driver's device memory in use at its highest during the step, less its value once the "
+              "step's CUDA context was created; and the page-locked host memory the step holds. Peak in use, "
+              "trace: the highest device memory allocated less freed in the step's process, from the start of its "
+              f"Nsight Systems trace to the end of the range \"{RUN_RANGE}\" ({nsys_trace.MEMORY_TABLE}; – where "
+              "the trace has no such record). The trace sees the calls into the CUDA allocator: PyTorch's caching "
+              "allocator reserves segments with cudaMalloc and keeps them, so for the stand-in it counts segments "
+              "reserved, not tensors, and neither counts the CUDA context nor the driver's own memory, which the "
+              "step's own peak does.", "",
+              "| step | weights | activations (contexts × MiB) | buffers | peak in use | peak in use, trace "
+              "| pinned host |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [memory_row(result, trace_peaks.get(result["stem"])) for result in results]
+    return lines + memory_notes(results) + memory_comparisons(ladder)
+
+
+def memory_row(result, trace_peak):
+    memory = memory_of(result) or {}
+    cells = [mib(memory.get("weights_mib")), activations_text(activations_mib(memory)), mib(memory.get("buffers_mib")),
+             mib(memory.get("peak_in_use_mib")), mib(trace_peak), mib(memory.get("pinned_host_mib"))]
+    return f"| {step_label(result)} | {' | '.join(cells)} |"
+
+
+def mib(value):
+    return f"{value:.1f}" if is_figure(value) else "–"
+
+
+def is_figure(value):
+    """A number in a result, as opposed to a figure not recorded (None, missing)."""
+    return isinstance(value, (int, float))
+
+
+def activations_text(activations):
+    """'2 × 38.5' (equal contexts), '12.0 + 38.5' (unequal), '–' (none recorded)."""
+    if not activations:
+        return "–"
+    sizes = {mib(size) for size in activations}
+    return f"{len(activations)} × {mib(activations[0])}" if len(sizes) == 1 else " + ".join(map(mib, activations))
+
+
+def memory_notes(results):
+    """How each column is measured (once, from the first result that says), each step's caveat on its peak, and
+    which results predate memory figures."""
+    recorded = [r for r in results if memory_of(r)]
+    how = next((memory_of(r)["how"] for r in recorded if isinstance(memory_of(r).get("how"), dict)), {})
+    columns = {"weights": "weights", "activations": "activations", "buffers": "buffers",
+               "peak_in_use": "peak in use", "pinned_host": "pinned host"}
+    measured = [f"- {column}: {cell(how[key])}" for key, column in columns.items() if how.get(key)]
+    notes = [f"- {step_label(r)}: {cell(memory_of(r)['peak_note'])}" for r in recorded if memory_of(r).get("peak_note")]
+    lines = []
+    if measured:
+        lines += ["", "How the columns are measured:", "", *measured]
+    if notes:
+        lines += ["", "On the peak in use:", "", *notes]
+    older = [step_label(r) for r in results if not memory_of(r)]
+    if older:
+        lines += ["", f"The results of {', '.join(older)} predate memory figures (no \"memory\" in their JSON): "
+                  "their rows show –."]
+    return lines
+
+
+def memory_comparisons(ladder):
+    """What the lessons change in memory, from the figures: FP16 against fp32, a second context, two profiles."""
+    rungs = {step_number(r): r for r in ladder if memory_of(r)}
+    sentences = [fp16_against_fp32(rungs.get(3), rungs.get(4)), second_context(rungs.get(7), rungs.get(8)),
+                 two_profiles(rungs.get(9))]
+    sentences = [sentence for sentence in sentences if sentence]
+    return ["", " ".join(sentences)] if sentences else []
+
+
+# The figures compared between the fp32 and the FP16 engine: memory_figure's key, and what the sentence calls it.
+PRECISION_FIGURES = (("weights_mib", "weights"), ("activations", "activations"),
+                     ("peak_in_use_mib", "device memory in use at its peak"))
+
+
+def fp16_against_fp32(fp32, fp16):
+    """'Against the fp32 engine of step 3, FP16 (step 4) holds X MiB of weights against Y (−Z%), ...'."""
+    if not (fp32 and fp16):
+        return None
+    parts = [against(memory_figure(fp16, key), memory_figure(fp32, key), what) for key, what in PRECISION_FIGURES]
+    parts = [part for part in parts if part]
+    if not parts:
+        return None
+    listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+    return (f"Against the {fp32.get('precision', 'fp32')} engine of {step_label(fp32)}, "
+            f"{fp16.get('precision', 'fp16').upper()} ({step_label(fp16)}) holds {listed}.")
+
+
+def second_context(one, two):
+    """What step 8's contexts add over step 7's: activations and the peak in use."""
+    before, after = (activations_mib(memory_of(r)) if r else [] for r in (one, two))
+    if not (before and after):
+        return None
+    contexts = "a second context" if len(after) == len(before) + 1 else f"{len(after)} contexts against {len(before)}"
+    sentence = (f"With {contexts}, {step_label(two)}'s activations change by {signed(sum(after) - sum(before))} MiB "
+                f"({activations_text(after)} against {activations_text(before)} in {step_label(one)})")
+    peaks = [memory_figure(r, "peak_in_use_mib") for r in (two, one)]
+    if all(map(is_figure, peaks)):
+        sentence += f" and its peak in use by {signed(peaks[0] - peaks[1])} MiB ({peaks[0]:.1f} against {peaks[1]:.1f})"
+    return sentence + "."
+
+
+def two_profiles(step):
+    """What step 9's contexts, one per optimization profile, hold."""
+    activations = activations_mib(memory_of(step)) if step else []
+    if not activations:
+        return None
+    contexts = f"{len(activations)} context{'s' if len(activations) != 1 else ''}"
+    return (f"The {contexts} of {step_label(step)}, one per optimization profile, hold {activations_text(activations)} "
+            f"MiB of activations ({sum(activations):.1f} MiB together).")
+
+
+def memory_figure(result, key):
+    """A step's memory figure: one of result["memory"]'s numbers, or "activations", all its contexts' together."""
+    memory = memory_of(result)
+    if key == "activations":
+        return sum(activations_mib(memory)) if activations_mib(memory) else None
+    return memory.get(key)
+
+
+def against(new, old, what):
+    """'22.4 MiB of weights against 44.7 (−50%)'; None where either is not recorded."""
+    if not (is_figure(new) and is_figure(old)):
+        return None
+    change = f" ({signed(100 * (new - old) / old, 0)}%)" if old else ""
+    return f"{new:.1f} MiB of {what} against {old:.1f}{change}"
+
+
+def signed(value, decimals=1):
+    """'+38.5', '−3.0' (a minus sign, not a hyphen)."""
+    return f"{value:+.{decimals}f}".replace("-", "−")
 
 
 def trace_tables(results, figures, nsys_versions):

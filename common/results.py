@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import floor, nvtx, stats
+from common import floor, memory, nvtx, stats
 from common.errors import CourseError
 
 PROCESS_STARTED = time.perf_counter()  # the step imports this module first: its start-up is measured from here
@@ -61,6 +61,7 @@ class Timer:
             if self._started is None:
                 self._started = now
                 self.startup_s = now - PROCESS_STARTED  # loading, compiling, buffers, warm-up: all before this
+                memory.driver.sample()  # everything is allocated and warmed up
                 self._run_range = nvtx.start("all batches")  # per-batch trace figures are read over this
             self._batch_starts[index] = now
 
@@ -75,6 +76,7 @@ class Timer:
             elif len(self._batch_ends) == self.total_batches:
                 nvtx.end(self._window_range)
                 nvtx.end(self._run_range)
+                memory.driver.sample()
 
     @property
     def windows_ms_per_batch(self):
@@ -147,16 +149,18 @@ def check_outputs(outputs, reference, precision):
             "tolerance": tolerance, "summary": summary}
 
 
-def finish(docstring, args, run, timer, outputs, extra=None):
+def finish(docstring, args, run, timer, outputs, extra=None, held=None):
     """Check the outputs, measure the floor, print the step's figures, write reports/<step>.json; fail if the
-    check failed. `extra`: fields a step beyond the ladder adds to its result (step 12's latency side)."""
+    check failed. `extra`: fields a step beyond the ladder adds to its result (step 12's latency side); `held`:
+    the GPU memory the timed run held (common/memory.py), where the step measured it before doing more."""
     loaded, device = run.loaded, run.device
     check = check_outputs(outputs, run.reference, loaded.metadata["precision"])
+    held = held or memory.held(loaded)  # before the floor, which makes a context and buffers of its own
     floor_figures, floor_method = floor.measure(run, args.batch_size)
     result = {**step_record(docstring, loaded, device), "batches": args.batches, "repeats": args.repeats,
               "batch_size": args.batch_size, **timings(timer, run),
               "output_ms_per_batch": output_cost_ms(outputs[-1]), "floor": floor_figures,
-              "floor_method": floor_method,
+              "floor_method": floor_method, "memory": held,
               "check": check, **(extra or {}), **run_record()}
     save(args.reports, result["stem"], result)
     print_result(result, timer)
@@ -193,6 +197,7 @@ def print_result(result, timer):
           f"inference {floor['inference_ms']:.2f} ms per batch; this step takes "
           f"{result['median_ms_per_batch'] / max(floor.values()):.2f}x the larger\n"
           f"  output processing: {result['output_ms_per_batch']:.2f} ms of host time per batch\n"
+          f"  {memory.line(result['memory'])}\n"
           f"  outputs vs reference: {'match' if result['check']['passed'] else 'DIFFER'}: {result['check']['summary']}")
     warning = stats.spread_warning("the windows", result["windows_ms_per_batch"])
     if warning:

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from common import build, cli, cuda, data, engine as engines
+from common import build, cli, cuda, data, engine as engines, memory
 from common.errors import CourseError
 
 IMAGE_BYTES = int(np.prod(data.IMAGE_SHAPE)) * np.dtype(np.float32).itemsize
@@ -43,6 +43,7 @@ def prepare(args, engine_name, precision, batch_sizes=None, make_batches=None, p
         engine_file.check_batch(batch_size, profile)
     check_host_memory(sum(batch_sizes))
     device = cuda.require_gpu()
+    memory.driver.begin()  # the driver's figure before the step holds anything: its peak is measured from here
     loaded = engines.load(backend, engine_file.path, precision, device, checked=engine_file)
     if make_batches:
         batches = make_batches()

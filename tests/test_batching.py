@@ -420,6 +420,7 @@ def test_sweep_plot_and_table_on_synthetic_timings(tmp_path, capsys):
     sweep.print_comparison(*summaries)
     printed = capsys.readouterr().out
     assert "knee: batch" in printed and "out of memory" in printed and "latency budget 5 ms" in printed
+    assert "largest batch that fits on this GPU: 512 (batch 1024 ran out of memory)" in printed
 
 
 def test_dynamic_batching_plot_on_synthetic_runs(tmp_path):

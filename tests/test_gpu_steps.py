@@ -46,7 +46,22 @@ def test_step_runs_and_matches_the_reference(workdir, step):
     assert 0 < saved["latency_p50_ms"] <= saved["latency_p99_ms"]
     assert saved["floor"]["h2d_ms"] > 0 and saved["floor"]["inference_ms"] > 0 and saved["output_ms_per_batch"] > 0
     assert len(saved["results_done_ms"]) == 8  # 2 windows of 4 batches
+    held = saved["memory"]
+    contexts = 2 if step in ("8_multi_context", "9_multi_profiles") else 1
+    assert len(held["activations_mib"]) == contexts and all(size > 0 for size in held["activations_mib"])
+    assert held["weights_mib"] > 0 and held["buffers_mib"] > 0 and (held["pinned_host_mib"] > 0) == (step >= "3")
+    assert held["peak_in_use_mib"] >= held["weights_mib"] + sum(held["activations_mib"]) + held["buffers_mib"]
+    assert "GPU memory: weights" in result.stdout
     assert "windows of 4 batches" in result.stdout and "floor (each on its own" in result.stdout
+
+
+def test_fp16_holds_less_than_fp32_and_a_second_context_adds_a_pool(workdir):
+    """Read off the results of the runs above (steps 3, 4, 7, 8), as the source tutorial reads its timelines."""
+    fp32, fp16, one, two = (json.loads((workdir / "reports" / f"{step}.json").read_text())["memory"] for step in
+                            ("3_use_pin_memory", "4_use_fp16", "7_cuda_graph", "8_multi_context"))
+    assert fp16["weights_mib"] < 0.6 * fp32["weights_mib"]
+    assert fp16["activations_mib"][0] < fp32["activations_mib"][0]
+    assert len(two["activations_mib"]) == 2 * len(one["activations_mib"])
 
 
 def load_step(step, monkeypatch, workdir, *args):

@@ -61,6 +61,10 @@ def test_sweep_runs_and_checks_every_batch_size(workdir):
         assert candidates and set(candidates) <= {1, 2, 4, 8, 16} and summary["peak"] in summary["trade_offs"]
         assert summary["knee"] == (candidates[0] if len(candidates) == 1 else None)
         assert max(candidates) <= summary["peak"] and summary["within_budget"]["1000"] is not None
+        activations = [row["activations_mib"] for row in rows]
+        assert activations == sorted(activations) and activations[-1] > activations[0] > 0  # grows with the batch
+        assert all(row["peak_in_use_mib"] >= row["activations_mib"] for row in rows)
+        assert (summary["largest_that_fits"], summary["fits_until"]) == (16, "the largest batch swept")
     assert (workdir / "reports" / "10_batch_size_sweep.png").stat().st_size > 10_000
     assert "knee: batch" in result.stdout or "knee: one of batches" in result.stdout
 

@@ -10,7 +10,9 @@ with tools/trim_nsys_sqlite.py:
 Every figure the report derives is recomputed here another way: SQL that names copy kinds through the
 export's own enum table, launches counted through the kernels they started, a sweep over start/end
 events for the shares of time, and nsys stats. One small hand-made database in the older documented
-layout (NVTX text inline, no memset table) checks the arithmetic against figures worked out by hand.
+layout (NVTX text inline, no memset table) checks the arithmetic against figures worked out by hand; with
+CUDA_GPU_MEMORY_USAGE_EVENTS and its enum tables added (`nsys profile --cuda-memory-usage=true`, which the
+committed traces were trimmed without), it checks the device memory in use the same way.
 """
 import csv
 import json
@@ -371,6 +373,116 @@ def test_unreadable_traces_give_a_reason(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------
+# Device memory in use (nsys profile --cuda-memory-usage=true): the table and enums named as the Nsight Systems
+# "SQLite Schema Reference" names them, on the old-layout export (its window "last 3 batches" is 10..40 ms).
+
+MIB = 1 << 20
+OTHER_PROCESS = 4343 << 24
+MEMORY_EVENTS = [  # (ms, process, kind, operation, address, MiB); kinds 1 pinned, 2 device; operations 0 alloc, 1 free
+    (1, 4242 << 24, 2, 0, 0xA000, 100),  # before the window: counts
+    (2, 4242 << 24, 1, 0, 0xB000, 50),  # pinned host memory: not device memory
+    (5, 4242 << 24, 2, 0, 0xC000, 30),
+    (12, 4242 << 24, 2, 1, 0xA000, 100),  # frees the allocation made before the window
+    (15, 4242 << 24, 2, 1, 0xD000, 70),  # a free with no recorded allocation: takes nothing back
+    (20, 4242 << 24, 2, 0, 0xE000, 200),  # the peak: 30 + 200
+    (25, 4242 << 24, 2, 1, 0xE000, 200),
+    (30, OTHER_PROCESS, 2, 0, 0xF000, 500),  # another process
+    (45, 4242 << 24, 2, 0, 0x1000, 1000),  # after the window's end
+]
+# What the course's process has in use after each change (ms, MiB), worked out by hand from MEMORY_EVENTS.
+IN_USE_BY_HAND = [(1, 100), (5, 130), (12, 30), (20, 230), (25, 30)]
+
+
+def make_memory_export(path):
+    """The old-layout export with CUDA_GPU_MEMORY_USAGE_EVENTS and its enum tables, as an export made with
+    --cuda-memory-usage=true has them."""
+    make_old_layout_export(path)
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE ENUM_CUDA_MEM_KIND (id INTEGER NOT NULL PRIMARY KEY, name TEXT, label TEXT);
+        CREATE TABLE ENUM_CUDA_DEV_MEM_EVENT_OPER (id INTEGER NOT NULL PRIMARY KEY, name TEXT, label TEXT);
+        CREATE TABLE CUDA_GPU_MEMORY_USAGE_EVENTS (
+            start INTEGER NOT NULL, globalPid INTEGER NOT NULL, deviceId INTEGER NOT NULL, contextId INTEGER NOT NULL,
+            address INTEGER NOT NULL, pc INTEGER NOT NULL, bytes INTEGER NOT NULL, memKind INTEGER NOT NULL,
+            memoryOperationType INTEGER NOT NULL, name TEXT, correlationId INTEGER, localMemoryPoolAddress INTEGER,
+            localMemoryPoolReleaseThreshold INTEGER, localMemoryPoolSize INTEGER, localMemoryPoolUtilizedSize INTEGER,
+            importedMemoryPoolAddress INTEGER, importedMemoryPoolProcessId INTEGER);
+    """)
+    db.executemany("INSERT INTO ENUM_CUDA_MEM_KIND VALUES (?, ?, ?)", [
+        (0, "CUDA_MEMOPR_MEMORY_KIND_PAGEABLE", "Pageable"), (1, "CUDA_MEMOPR_MEMORY_KIND_PINNED", "Pinned"),
+        (2, "CUDA_MEMOPR_MEMORY_KIND_DEVICE", "Device"), (5, "CUDA_MEMOPR_MEMORY_KIND_DEVICE_STATIC", "Device Static")])
+    db.executemany("INSERT INTO ENUM_CUDA_DEV_MEM_EVENT_OPER VALUES (?, ?, ?)", [
+        (0, "CUDA_DEV_MEM_EVENT_OPR_ALLOCATION", "Allocation"),
+        (1, "CUDA_DEV_MEM_EVENT_OPR_DEALLOCATION", "Deallocation")])
+    db.executemany(
+        "INSERT INTO CUDA_GPU_MEMORY_USAGE_EVENTS (start, globalPid, deviceId, contextId, address, pc, bytes, memKind, "
+        "memoryOperationType) VALUES (?, ?, 0, 1, ?, 0, ?, ?, ?)",
+        [(ms * MS, process, address, mib * MIB, kind, operation)
+         for ms, process, kind, operation, address, mib in MEMORY_EVENTS])
+    db.commit()
+    db.close()
+    return path
+
+
+def in_use_through_the_enums(db, end):
+    """(ms, MiB) after each change, by SQL that names kinds and operations through the export's own enum tables and
+    matches each free to the allocation before it at its address."""
+    rows = db.execute(
+        "SELECT e.start, e.bytes * (CASE o.label WHEN 'Allocation' THEN 1 ELSE -1 END) "
+        "FROM CUDA_GPU_MEMORY_USAGE_EVENTS AS e JOIN ENUM_CUDA_MEM_KIND AS k ON k.id = e.memKind "
+        "JOIN ENUM_CUDA_DEV_MEM_EVENT_OPER AS o ON o.id = e.memoryOperationType "
+        "WHERE k.label = 'Device' AND e.start <= ? AND e.globalPid = ? AND (o.label = 'Allocation' "
+        "OR EXISTS (SELECT 1 FROM CUDA_GPU_MEMORY_USAGE_EVENTS AS a WHERE a.address = e.address "
+        "AND a.start < e.start AND a.memoryOperationType = "
+        "(SELECT id FROM ENUM_CUDA_DEV_MEM_EVENT_OPER WHERE label = 'Allocation'))) ORDER BY e.start",
+        (end, 4242 << 24)).fetchall()
+    total, changes = 0, []
+    for start, change in rows:
+        total += change
+        changes.append((start // MS, total // MIB))
+    return changes
+
+
+def test_device_memory_in_use_is_a_running_sum_from_the_start_of_the_trace(tmp_path):
+    database = make_memory_export(tmp_path / "memory.sqlite")
+    trace = nsys_trace.read_trace(database)
+    changes = [(start // MS, in_use // MIB) for start, in_use in trace.memory.changes]
+    assert changes == IN_USE_BY_HAND == in_use_through_the_enums(sqlite3.connect(database), trace.window[1])
+    assert trace.memory.at(10 * MS) == 130 * MIB  # what was allocated before the window is in use when it opens
+    assert trace.memory.at(0) == 0 and trace.memory.at(40 * MS) == 30 * MIB
+    assert trace.memory.unmatched_frees == 1
+    assert nsys_trace.trace_figures(trace).memory_peak_mib == 230  # not 200 (the window alone), not 1000 (after it)
+
+
+def test_a_free_without_its_allocation_takes_nothing_back():
+    alloc, free = nsys_trace.ALLOCATION, nsys_trace.DEALLOCATION
+    memory = nsys_trace.memory_in_use([(0, free, 0x10, 5), (1, alloc, 0x20, 3), (2, free, 0x20, 3), (3, free, 0x20, 3),
+                                       (4, alloc, 0x30, 8), (5, alloc, 0x30, 2), (6, 7, 0x40, 9)])
+    assert memory.changes == ((1, 3), (2, 0), (4, 8), (5, 2))  # never below zero; an address allocated again: once
+    assert memory.unmatched_frees == 2 and memory.peak_mib() == 8 / MIB
+
+
+def test_a_trace_without_the_memory_table_has_no_memory_figures(tmp_path):
+    trace = nsys_trace.read_trace(make_old_layout_export(tmp_path / "old.sqlite"))
+    assert trace.memory is None and nsys_trace.trace_figures(trace).memory_peak_mib is None
+    for database in [*sorted(COURSE_FIXTURES.glob("*.sqlite")), *sorted(PROBE_FIXTURES.glob("*.sqlite"))]:
+        assert nsys_trace.read_trace(database).memory is None, database  # trimmed before the table was kept
+
+
+def test_timeline_shows_the_memory_in_use_where_the_trace_has_it(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(plots, "draw_memory_lane", lambda axes, memory, window: drawn.append((memory, window)))
+    for name, make in (("memory", make_memory_export), ("old", make_old_layout_export)):
+        trace = nsys_trace.read_trace(make(tmp_path / f"{name}.sqlite"))
+        plots.plot_timeline(tmp_path / f"{name}.png", trace, name)
+        assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [window for _, window in drawn] == [(10 * MS, 40 * MS)]  # the export without the table has no lane
+    monkeypatch.undo()
+    plots.plot_timeline(tmp_path / "lane.png", nsys_trace.read_trace(tmp_path / "memory.sqlite"), "with the lane")
+    assert (tmp_path / "lane.png").stat().st_size > (tmp_path / "old.png").stat().st_size
+
+
+# ---------------------------------------------------------------------------------------------------
 # Step results, speedups and the command
 
 
@@ -494,6 +606,139 @@ def test_stand_in_backend_is_flagged(tmp_path, no_nsys):
     write_result(tmp_path, 1, "1_baseline", 30.0, backend="tensorrt", backend_label="TensorRT 10.13.3")
     report.main(["--reports", str(tmp_path)])
     assert "not TensorRT numbers" not in (tmp_path / "summary.md").read_text()
+
+
+def banner(summary):
+    """The blockquote above the summary's first list, as one line."""
+    return " ".join(line[2:] for line in summary.splitlines() if line.startswith("> "))
+
+
+@pytest.mark.parametrize("fields, named", [
+    ({"stand_in": "compiled",
+      "backend_label": "compiled PyTorch stand-in (Inductor, torch 2.11.0+cu130), not TensorRT"},
+     "the course's compiled PyTorch stand-in (Inductor) behind"),
+    ({"backend_label": "eager PyTorch stand-in (torch 2.11.0+cu130), not TensorRT"},
+     "the course's eager PyTorch stand-in behind"),
+    ({}, "the course's PyTorch stand-in (whether compiled or eager was not recorded) behind"),
+], ids=["stand_in", "label only", "neither"])
+def test_the_banner_names_the_stand_in_and_claims_no_gain(tmp_path, no_nsys, fields, named):
+    write_result(tmp_path, 1, "1_baseline", 30.0, **fields)
+    report.main(["--reports", str(tmp_path)])
+    text = banner((tmp_path / "summary.md").read_text())
+    assert named in text
+    assert "lessons hold" not in text
+    assert ("How much a lesson gains with TensorRT depends on the engine's kernels (how many there are and how fast "
+            "they run), so the stand-in's figures show each lesson's mechanism, not TensorRT's gain.") in text
+
+
+def test_the_banner_names_each_stand_in_of_a_mixed_run(tmp_path, no_nsys):
+    write_result(tmp_path, 1, "1_baseline", 30.0, stand_in="eager")
+    write_result(tmp_path, 2, "2_reuse_buffers", 20.0, stand_in="compiled")
+    write_result(tmp_path, 3, "3_use_pin_memory", 10.0, stand_in="compiled")
+    report.main(["--reports", str(tmp_path)])
+    assert ("the course's eager PyTorch stand-in for 1_baseline; compiled PyTorch stand-in (Inductor) for "
+            "2_reuse_buffers, 3_use_pin_memory behind") in banner((tmp_path / "summary.md").read_text())
+
+
+# ---------------------------------------------------------------------------------------------------
+# GPU memory in the summary and the ladder chart
+
+HOW = {"weights": "the engine's weights on the device", "activations": "each context's scratch memory",
+       "buffers": "the step's cudaMalloc'd inputs and outputs", "pinned_host": "the step's page-locked buffers",
+       "peak_in_use": "cudaMemGetInfo, highest sample less the first"}
+
+
+def memory(weights, activations, peak, **extra):
+    return {"weights_mib": weights, "activations_mib": activations, "buffers_mib": 24.0, "pinned_host_mib": 12.5,
+            "peak_in_use_mib": peak, "peak_note": None, "how": HOW, **extra}
+
+
+def memory_run(directory):
+    """Steps 1 (before memory figures), 3 (fp32), 4 (FP16), 7, 8 (a second context) and 9 (two profiles)."""
+    write_result(directory, 1, "1_baseline", 30.0)
+    write_result(directory, 3, "3_use_pin_memory", 15.0, precision="fp32", memory=memory(44.7, [77.0], 400.0),
+                 floor={"h2d_ms": 1.4, "inference_ms": 3.2})
+    write_result(directory, 4, "4_use_fp16", 12.0, precision="fp16", memory=memory(22.4, [38.5], 300.0))
+    write_result(directory, 7, "7_cuda_graph", 6.0, precision="fp16",
+                 memory=memory(22.4, [38.5], None, peak_note="no sample: the step ended first", how={}))
+    write_result(directory, 8, "8_multi_context", 5.0, precision="fp16", memory=memory(22.4, [38.5, 38.5], 350.0))
+    write_result(directory, 9, "9_multi_profiles", 4.0, precision="fp16", memory=memory(22.4, [9.6, 38.5], 330.0))
+    return directory
+
+
+def test_the_memory_table_shows_each_step_and_what_its_lesson_changes(tmp_path, no_nsys):
+    report.main(["--reports", str(memory_run(tmp_path))])
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.index("## How far from the floor") < summary.index("## GPU memory (MiB)")
+    rows = table_rows(summary, "| step | weights")
+    assert rows == [["1_baseline", "–", "–", "–", "–", "–", "–"],
+                    ["3_use_pin_memory", "44.7", "1 × 77.0", "24.0", "400.0", "–", "12.5"],
+                    ["4_use_fp16", "22.4", "1 × 38.5", "24.0", "300.0", "–", "12.5"],
+                    ["7_cuda_graph", "22.4", "1 × 38.5", "24.0", "–", "–", "12.5"],
+                    ["8_multi_context", "22.4", "2 × 38.5", "24.0", "350.0", "–", "12.5"],
+                    ["9_multi_profiles", "22.4", "9.6 + 38.5", "24.0", "330.0", "–", "12.5"]]
+    assert ("Against the fp32 engine of 3_use_pin_memory, FP16 (4_use_fp16) holds 22.4 MiB of weights against 44.7 "
+            "(−50%), 38.5 MiB of activations against 77.0 (−50%) and 300.0 MiB of device memory in use at its peak "
+            "against 400.0 (−25%).") in summary
+    assert ("With a second context, 8_multi_context's activations change by +38.5 MiB (2 × 38.5 against 1 × 38.5 in "
+            "7_cuda_graph).") in summary  # 7's peak was not measured: no peak compared
+    assert ("The 2 contexts of 9_multi_profiles, one per optimization profile, hold 9.6 + 38.5 MiB of activations "
+            "(48.1 MiB together).") in summary
+    assert "- 7_cuda_graph: no sample: the step ended first" in summary
+    assert "The results of 1_baseline predate memory figures" in summary
+    measured = summary.split("How the columns are measured:\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert measured == [f"- {column}: {HOW[key]}" for key, column in (
+        ("weights", "weights"), ("activations", "activations"), ("buffers", "buffers"),
+        ("peak_in_use", "peak in use"), ("pinned_host", "pinned host"))]  # once, from the first result with them
+
+
+def test_the_memory_sentences_follow_the_figures(tmp_path, no_nsys):
+    write_result(tmp_path, 7, "7_cuda_graph", 6.0, memory=memory(20.0, [40.0], 300.0))
+    write_result(tmp_path, 8, "8_multi_context", 5.0, memory=memory(20.0, [40.0, 40.0], 290.0))
+    report.main(["--reports", str(tmp_path)])
+    summary = (tmp_path / "summary.md").read_text()
+    assert ("With a second context, 8_multi_context's activations change by +40.0 MiB (2 × 40.0 against 1 × 40.0 in "
+            "7_cuda_graph) and its peak in use by −10.0 MiB (290.0 against 300.0).") in summary
+    assert "FP16" not in summary and "one per optimization profile" not in summary  # steps 3, 4 and 9 are not here
+
+
+def test_results_without_memory_figures_say_so_once(tmp_path, no_nsys):
+    for step in (1, 2):
+        write_result(tmp_path, step, f"{step}_step", 30.0 / step)
+    report.main(["--reports", str(tmp_path)])
+    summary = (tmp_path / "summary.md").read_text()
+    section = summary.split("## GPU memory (MiB)\n\n", 1)[1].split("\n\n", 1)[0]
+    assert section.startswith("Not recorded: these step results predate memory figures")
+    assert "| step | weights" not in summary
+
+
+def test_the_trace_peak_stands_beside_the_step_s_own(tmp_path, no_nsys):
+    write_result(tmp_path, 1, "1_baseline", 30.0, memory=memory(22.4, [38.5], 280.0))
+    make_memory_export(tmp_path / "1_baseline.sqlite")
+    write_result(tmp_path, 2, "2_reuse_buffers", 20.0, memory=memory(22.4, [38.5], 270.0))
+    make_old_layout_export(tmp_path / "2_reuse_buffers.sqlite")  # profiled without the memory record
+    report.main(["--reports", str(tmp_path)])
+    summary = (tmp_path / "summary.md").read_text()
+    rows = table_rows(summary, "| step | weights")
+    assert [row[4:6] for row in rows] == [["280.0", "230.0"], ["270.0", "–"]]
+    assert "segments reserved, not tensors" in summary
+    assert (tmp_path / "timeline_1_baseline.png").exists() and (tmp_path / "timeline_2_reuse_buffers.png").exists()
+
+
+def test_the_ladder_chart_has_a_memory_panel_only_with_memory_figures(tmp_path, monkeypatch):
+    panels = []
+    monkeypatch.setattr(plots, "draw_memory_panel", lambda axes, bars: panels.append(bars))
+    results, _ = ladder.load_results(memory_run(tmp_path / "with"))
+    ladder.draw_ladder(tmp_path / "with.png", results)
+    assert [bar and (bar.weights_mib, bar.activations_mib, bar.peak_in_use_mib) for bar in panels[0]] == [
+        None, (44.7, 77.0, 400.0), (22.4, 38.5, 300.0), (22.4, 38.5, None), (22.4, 77.0, 350.0),
+        (22.4, pytest.approx(48.1), 330.0)]
+    write_result(tmp_path / "without", 1, "1_baseline", 30.0)
+    ladder.draw_ladder(tmp_path / "without.png", ladder.load_results(tmp_path / "without")[0])
+    assert len(panels) == 1
+    monkeypatch.undo()
+    ladder.draw_ladder(tmp_path / "drawn.png", results)
+    assert (tmp_path / "drawn.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_results_without_a_timed_window_stay_out_of_the_ladder(tmp_path, no_nsys, capsys):
@@ -724,6 +969,19 @@ def test_trimming_keeps_the_figures(tmp_path, capsys):
     before, after = (nsys_trace.read_trace(path) for path in (source, tmp_path / "trimmed.sqlite"))
     assert nsys_trace.trace_figures(before) == nsys_trace.trace_figures(after)
     assert before.ranges == after.ranges and before.gpu_ops == after.gpu_ops
+
+
+def test_trimming_keeps_the_memory_record_up_to_the_window_s_end(tmp_path, capsys):
+    source = make_memory_export(tmp_path / "memory.sqlite")
+    trim_nsys_sqlite.main([str(source), str(tmp_path / "trimmed.sqlite"), "--margin-ms", "0"])
+    assert "same figures" in capsys.readouterr().out
+    db = sqlite3.connect(tmp_path / "trimmed.sqlite")
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"CUDA_GPU_MEMORY_USAGE_EVENTS", "ENUM_CUDA_MEM_KIND", "ENUM_CUDA_DEV_MEM_EVENT_OPER"} <= tables
+    kept = [start // MS for (start,) in db.execute("SELECT start FROM CUDA_GPU_MEMORY_USAGE_EVENTS ORDER BY start")]
+    assert kept == [ms for ms, *_ in MEMORY_EVENTS if ms <= 40]  # those before the window too; none after it
+    assert db.execute("SELECT COUNT(*) FROM ENUM_CUDA_DEV_MEM_EVENT_OPER").fetchone()[0] == 2
+    assert nsys_trace.read_trace(tmp_path / "trimmed.sqlite").memory == nsys_trace.read_trace(source).memory
 
 
 def test_trimming_an_export_without_the_window_fails_cleanly(tmp_path):

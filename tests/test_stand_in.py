@@ -80,10 +80,10 @@ class FakeCompiler:
         monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (b"artifacts", "info"))
         monkeypatch.setattr(torch.compiler, "reset", lambda: None)
 
-    def compile_module(self, model, profiles, image_input):
+    def compile_module(self, model, profiles, image_input, sizes):
         if self.fails:
             raise self.fails
-        self.compiled.append((model, profiles))
+        self.compiled.append((model, profiles, sizes))
         return f"compiled {model}", 8.5
 
 
@@ -94,6 +94,7 @@ def test_load_compiles_from_the_builds_cache(compiled_engine, monkeypatch, capsy
     assert torch_engine.compiled_from_cache("the module", engine_file, metadata, IMAGES) == (
         "compiled the module", "compiled")
     assert fake.loaded == [b"portable compile caches"] and capsys.readouterr().out == ""
+    assert fake.compiled == [("the module", PROFILES, [128])]  # the dynamic graph; batch 1 at its first enqueue
 
 
 def test_a_stale_cache_means_recompiling_said_in_one_line(compiled_engine, monkeypatch, capsys):

@@ -5,7 +5,9 @@
 A full export of one step is about 100 MB (GPU metrics, backtraces, OS runtime calls). This keeps the
 tables the report reads (plus the enumeration tables the tests use to check it independently), keeps
 only the rows near the NVTX range "all batches" (or "last 3 batches" in traces made before that range
-existed), drops unreferenced strings and compacts the file.
+existed), drops unreferenced strings and compacts the file. Of the device memory allocations and frees
+(CUDA_GPU_MEMORY_USAGE_EVENTS, a few rows per step) it keeps every row up to the range's end: the memory in
+use is a running sum from the start of the trace.
 It then reads both files with the report and refuses to write a trimmed copy whose figures differ.
 """
 import argparse
@@ -16,13 +18,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere in the repo
 
-from common.nsys_trace import RUN_RANGE, TraceUnavailable, find_window, read_trace, trace_figures  # noqa: E402
+from common.nsys_trace import (MEMORY_ENUM_TABLES, MEMORY_TABLE, RUN_RANGE, TraceUnavailable, find_window,  # noqa: E402
+                               read_trace, trace_figures)
 
 KEPT_TABLES = {
     # read by common/nsys_trace.py
     "NVTX_EVENTS", "StringIds", "CUPTI_ACTIVITY_KIND_KERNEL", "CUPTI_ACTIVITY_KIND_MEMCPY",
     "CUPTI_ACTIVITY_KIND_MEMSET", "CUPTI_ACTIVITY_KIND_RUNTIME", "ThreadNames", "TARGET_INFO_CUDA_CONTEXT_INFO",
-    "META_DATA_EXPORT",
+    "META_DATA_EXPORT", MEMORY_TABLE, *MEMORY_ENUM_TABLES,
     # small tables the tests use to check the report's reading (names of copy kinds, event types, the GPU)
     "ENUM_CUDA_MEMCPY_OPER", "ENUM_NSYS_EVENT_TYPE", "ENUM_NSYS_EVENT_CLASS", "TARGET_INFO_CUDA_STREAM",
     "TARGET_INFO_GPU",
@@ -50,6 +53,8 @@ def trim(source, target, margin_ns):
             connection.execute(f'DROP TABLE "{table}"')
         for table in tables & set(TIMED_TABLES):
             connection.execute(f"DELETE FROM {table} WHERE NOT (start < ? AND end > ?)", (keep_to, keep_from))
+        if MEMORY_TABLE in tables:  # every allocation and free up to the range's end: the sum starts with the trace
+            connection.execute(f"DELETE FROM {MEMORY_TABLE} WHERE start > ?", (keep_to,))
         # NVTX events without an end (marks, domain names) are few and name the domains: keep them.
         connection.execute("DELETE FROM NVTX_EVENTS WHERE end IS NOT NULL AND NOT (start < ? AND end > ?)",
                            (keep_to, keep_from))
