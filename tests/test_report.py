@@ -1000,3 +1000,49 @@ def test_floors_measured_the_earlier_way_are_named(tmp_path, no_nsys):
     summary = (tmp_path / "summary.md").read_text()
     assert [row[3] for row in table_rows(summary, "| step | H2D (ms) | inference")] == ["3.20", "3.20"]
     assert "The floors of 1_step were measured by an earlier version of common/floor.py" in summary
+
+
+# ---------------------------------------------------------------------------------------------------
+# Device memory in real traces (tests/fixtures/nsys_memory: made on an H200 with --cuda-memory-usage=true)
+
+MEMORY_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "nsys_memory"
+
+
+def running_sum_peak_mib(database):
+    """The trace's device memory in use at its highest up to the end of "all batches", by a plain running sum of
+    the table's rows (labels from the export's own enum tables), for the report's reading to be checked against."""
+    connection = sqlite3.connect(database)
+    window_end = connection.execute(
+        "SELECT n.end FROM NVTX_EVENTS AS n LEFT JOIN StringIds AS s ON s.id = n.textId "
+        "WHERE COALESCE(n.text, s.value) = 'all batches' ORDER BY n.start DESC LIMIT 1").fetchone()[0]
+    rows = connection.execute(
+        "SELECT o.label, m.bytes FROM CUDA_GPU_MEMORY_USAGE_EVENTS AS m "
+        "JOIN ENUM_CUDA_DEV_MEM_EVENT_OPER AS o ON o.id = m.memoryOperationType "
+        "JOIN ENUM_CUDA_MEM_KIND AS k ON k.id = m.memKind "
+        "WHERE k.name = 'CUDA_MEMOPR_MEMORY_KIND_DEVICE' AND m.start <= ? ORDER BY m.start", (window_end,)).fetchall()
+    in_use = peak = 0
+    for operation, size in rows:
+        in_use += size if operation == "Allocation" else -size
+        peak = max(peak, in_use)
+    return peak / 2**20
+
+
+@pytest.mark.parametrize("stem", ["4_use_fp16", "8_multi_context"])
+def test_the_traces_memory_in_use_is_the_running_sum_and_below_the_drivers_figure(stem):
+    database = MEMORY_FIXTURES / f"{stem}.sqlite"
+    result = json.loads((MEMORY_FIXTURES / f"{stem}.json").read_text())
+    batches = result["batches"] * result["repeats"]
+    figures = nsys_trace.trace_figures(nsys_trace.read_trace(database, nsys_trace.RUN_RANGE), batches)
+    assert figures.memory_peak_mib == pytest.approx(running_sum_peak_mib(database), abs=0.1)
+    held = result["memory"]
+    # The allocator's calls hold at least what the step knows it holds, and less than the driver's figure, which
+    # also counts the CUDA context, the modules' code and the driver's own memory.
+    known = held["weights_mib"] + sum(held["activations_mib"]) + held["buffers_mib"]
+    assert known <= figures.memory_peak_mib < held["peak_in_use_mib"]
+
+
+def test_a_second_context_shows_in_the_traces_memory():
+    peaks = {stem: nsys_trace.trace_figures(nsys_trace.read_trace(MEMORY_FIXTURES / f"{stem}.sqlite",
+                                                                  nsys_trace.RUN_RANGE), 20).memory_peak_mib
+             for stem in ("4_use_fp16", "8_multi_context")}
+    assert peaks["8_multi_context"] > peaks["4_use_fp16"] + 300  # another 336 MiB pool, and step 8's buffers
