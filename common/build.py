@@ -5,6 +5,7 @@ so that loading a stale or mismatched engine is a clear error rather than a cras
 """
 import argparse
 import datetime
+import functools
 import json
 import os
 import shutil
@@ -85,7 +86,8 @@ def build_tensorrt(onnx_path, image_shape, profiles, workspace_mib, verbose, com
     """
     import tensorrt as trt
 
-    logger = trt.Logger(trt.Logger.INFO if verbose else trt.Logger.WARNING)
+    logger = tensorrt_logger()
+    logger.min_severity = trt.Logger.INFO if verbose else trt.Logger.WARNING
     builder = trt.Builder(logger)
     # Strongly typed: precisions come from the ONNX types (TensorRT 11 accepts nothing else).
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
@@ -111,6 +113,14 @@ def build_tensorrt(onnx_path, image_shape, profiles, workspace_mib, verbose, com
         raise CourseError(f"TensorRT could not build an engine from {onnx_path}: see its log above")
     cache_path.write_bytes(memoryview(config.get_timing_cache().serialize()))
     return bytes(memoryview(serialized_engine))
+
+
+@functools.cache
+def tensorrt_logger():
+    """The process's one TensorRT logger, for every builder and runtime: NVIDIA's samples share one, a second one
+    costs a log line, and each must outlive all that was made through it (docs/tensorrt-notes.md section 13)."""
+    import tensorrt as trt
+    return trt.Logger(trt.Logger.WARNING)
 
 
 def build_engine(name, backend, precision, profiles, weights_path, workspace_mib=4096, verbose=False,

@@ -229,12 +229,26 @@ def _check_device(metadata, path, backend, device):
 
 def _deserialize_tensorrt(path):
     import tensorrt as trt
-    logger = trt.Logger(trt.Logger.WARNING)
-    runtime = trt.Runtime(logger)
+    runtime = trt.Runtime(build.tensorrt_logger())  # one logger per process, shared with the builder
     engine = runtime.deserialize_cuda_engine(path.read_bytes())
     if engine is None:
         raise CourseError(f"TensorRT could not load {path} (see its log above): rebuild it with `make build`")
+    _check_tensorrt_formats(engine, path)
     return _TensorRTEngine(engine, path), runtime
+
+
+def _check_tensorrt_formats(engine, path):
+    """The host code copies every I/O tensor as a dense row-major array: TensorRT's LINEAR format, which is what
+    an engine built without `allowed_formats` has (docs/tensorrt-notes.md section 15), in every profile."""
+    import tensorrt as trt
+    for index in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(index)
+        for profile in range(engine.num_optimization_profiles):
+            tensor_format = engine.get_tensor_format(name, profile)
+            if tensor_format != trt.TensorFormat.LINEAR:
+                raise CourseError(f"{path}: its tensor {name!r} is in TensorRT's {tensor_format.name} format in "
+                                  f"profile {profile}, not LINEAR, which the host code copies: build it with "
+                                  "0_build.py (which sets no allowed_formats)")
 
 
 class _TensorRTEngine:

@@ -29,8 +29,9 @@ per allocation and one per free). Only memKind 2 counts: memory allocated on the
 cuMemAlloc), not __device__ variables (5), pinned host or managed memory.
 Checked against Nsight Systems 2025.3.1 on an H100 (its exporter calls itself 2025.3.2.0, schema 3.20.3)
 and the layout documented for 2021.5, where NVTX text is inline in `text`; tables are made only when
-they have rows (no memsets, say), so a missing table reads as empty. The memory table is not yet checked
-against a real export: the committed traces were trimmed without it, and the tests build it as documented.
+they have rows (no memsets, say), so a missing table reads as empty. The memory table and its enums were
+checked against two exports of Nsight Systems 2025.3.1 on an H200 (tests/fixtures/nsys_memory); the traces in
+results/h100-torch/ were trimmed without them.
 Timestamps are nanoseconds on one clock for CPU and GPU events; globalTid % 0x1000000 is the thread id.
 
 What the figures mean

@@ -1,6 +1,9 @@
 """CPU tier: the ONNX exports match PyTorch, and engine files carry metadata that loading checks."""
 import json
+import re
 import shutil
+import sys
+import types
 
 import numpy as np
 import onnx
@@ -308,3 +311,53 @@ def test_tensorrt_context_that_does_not_fit_is_one_line():
     with pytest.raises(CourseError, match="out of GPU memory creating an execution context for "
                                           "engines/resnet18_fp16_wide.plan .*: build the engine with a smaller"):
         wrapped.create_execution_context()
+
+
+class FakeTensorRT:
+    """The part of `tensorrt` that the logger and the format check use, for the CPU."""
+    __version__ = "10.16.1.11"
+
+    class Logger:
+        WARNING, INFO = "warning", "info"
+
+        def __init__(self, min_severity):
+            self.min_severity = min_severity
+
+    class TensorFormat:
+        LINEAR = types.SimpleNamespace(name="LINEAR")
+        HWC8 = types.SimpleNamespace(name="HWC8")
+
+
+def test_one_tensorrt_logger_per_process(monkeypatch):
+    """Builds and loads share one logger (step 12 loads two engines; TensorRT notes a second logger)."""
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT)
+    build.tensorrt_logger.cache_clear()
+    try:
+        assert build.tensorrt_logger() is build.tensorrt_logger()
+        assert build.tensorrt_logger().min_severity == FakeTensorRT.Logger.WARNING
+    finally:
+        build.tensorrt_logger.cache_clear()
+
+
+@pytest.mark.parametrize("formats, refused", [
+    ({}, None),
+    ({("logits", 1): FakeTensorRT.TensorFormat.HWC8}, "its tensor 'logits' is in TensorRT's HWC8 format in profile 1"),
+])
+def test_an_engine_whose_io_is_not_linear_is_refused_in_one_line(monkeypatch, formats, refused):
+    """The host code copies dense row-major arrays: any other I/O format would give wrong results, silently."""
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT)
+
+    class Engine:
+        num_io_tensors, num_optimization_profiles = 2, 2
+
+        def get_tensor_name(self, index):
+            return ("input", "logits")[index]
+
+        def get_tensor_format(self, name, profile):
+            return formats.get((name, profile), FakeTensorRT.TensorFormat.LINEAR)
+    if refused is None:
+        engine._check_tensorrt_formats(Engine(), "engines/x.plan")
+        return
+    with pytest.raises(CourseError, match=re.escape(refused)) as error:
+        engine._check_tensorrt_formats(Engine(), "engines/x.plan")
+    assert "\n" not in str(error.value) and "build it with 0_build.py" in str(error.value)
