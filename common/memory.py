@@ -127,5 +127,5 @@ def line(memory):
     peak = (f"{memory['peak_in_use_mib']:,.1f} MiB" if memory["peak_in_use_mib"] is not None
             else memory["peak_note"])
     return (f"GPU memory: weights {memory['weights_mib']:.1f} MiB, activations {contexts} MiB, buffers "
-            f"{memory['buffers_mib']:.1f} MiB, peak in use {peak} (driver); pinned host {memory['pinned_host_mib']:.1f} "
-            "MiB")
+            f"{memory['buffers_mib']:.1f} MiB, peak in use {peak} (driver); pinned host "
+            f"{memory['pinned_host_mib']:.1f} MiB")

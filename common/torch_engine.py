@@ -299,12 +299,13 @@ def cache_key(precision, image_input, weights_digest, profiles):
 def build(engine_file, precision, profiles, image_input, weights_digest, requested):
     """Compile the stand-in for engine_file (the weights, already written) and save its cache beside it; returns
     what the metadata records of it (`stand_in`). Falls back to eager, saying why in one line."""
+    cache_path(engine_file).unlink(missing_ok=True)  # an earlier build's cache must not outlive it
     why_eager = "asked for (--stand-in eager)" if requested == "eager" else why_not_compiled()
     if why_eager is None:
         lowest, highest = min(p[0] for p in profiles), max(p[2] for p in profiles)
         print(f"compiling the stand-in with PyTorch Inductor for batch {lowest}..{highest} "
               f"(warmed at {', '.join(map(str, warm_sizes(profiles)))}) ...")
-        torch.compiler.reset()  # the cache holds this compile only
+        torch.compiler.reset()  # a fresh compiler state: what is saved is this compile's
         try:
             _, seconds = compile_module(inference_module(engine_file, precision, image_input), profiles, image_input,
                                         warm_sizes(profiles))

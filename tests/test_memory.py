@@ -174,7 +174,7 @@ def test_tensorrt_weights_come_from_the_engine_where_it_says_else_from_the_plan(
 def test_the_largest_batch_that_fits_is_named_with_why_the_sweep_stopped():
     rows = [batching.SweepRow(size, 1.0, 100.0 * size) for size in (1, 2, 4)]
     assert batching.largest_that_fits(rows) == (4, "the largest batch swept")
-    rows += [batching.SweepRow(8, failure=batching.OUT_OF_MEMORY), batching.SweepRow(16, failure=batching.OUT_OF_MEMORY)]
+    rows += [batching.SweepRow(size, failure=batching.OUT_OF_MEMORY) for size in (8, 16)]
     assert batching.largest_that_fits(rows) == (4, "batch 8 ran out of memory")
     assert batching.largest_that_fits([batching.SweepRow(1, failure=batching.OUT_OF_MEMORY)]) == (
         None, "no batch size ran")

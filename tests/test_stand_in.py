@@ -72,7 +72,8 @@ class FakeCompiler:
 
     def __init__(self, monkeypatch, fails=None, can_compile=True):
         self.loaded, self.compiled, self.fails = [], [], fails
-        monkeypatch.setattr(torch_engine, "why_not_compiled", lambda: None if can_compile else "no CUDA GPU to compile for")
+        why = None if can_compile else "no CUDA GPU to compile for"
+        monkeypatch.setattr(torch_engine, "why_not_compiled", lambda: why)
         monkeypatch.setattr(torch_engine, "cache_key", lambda *args: key())
         monkeypatch.setattr(torch_engine, "compile_module", self.compile_module)
         monkeypatch.setattr(torch_engine, "inference_module", lambda *args: "the module")
@@ -137,12 +138,14 @@ def test_build_compiles_saves_the_cache_and_records_its_key(tmp_path, monkeypatc
 @pytest.mark.parametrize("requested, fails, can_compile, why", [
     ("eager", None, True, "asked for (--stand-in eager)"),
     ("compiled", None, False, "no CUDA GPU to compile for"),
-    ("compiled", RuntimeError("no working C compiler"), True, "compilation failed (RuntimeError: no working C compiler)"),
+    ("compiled", RuntimeError("no working C compiler"), True,
+     "compilation failed (RuntimeError: no working C compiler)"),
 ])
 def test_build_falls_back_to_eager_and_says_why(tmp_path, monkeypatch, capsys, requested, fails, can_compile, why):
     FakeCompiler(monkeypatch, fails=fails, can_compile=can_compile)
     engine_file = tmp_path / "resnet18_fp16.torch.pt"
     engine_file.write_bytes(b"weights")
+    torch_engine.cache_path(engine_file).write_bytes(b"an earlier compiled build's cache")
     record = torch_engine.build(engine_file, "fp16", PROFILES, IMAGES, "abc", requested)
     assert record == {"requested": requested, "mode": "eager", "why_eager": why}
     assert not torch_engine.cache_path(engine_file).exists()
