@@ -114,9 +114,7 @@ def stand_in_is_current(path, metadata, requested):
         return True  # nothing else can be built here
     if recorded["mode"] == "eager":
         return requested == "eager"
-    key = torch_engine.cache_key(metadata["precision"], build.engine_input(metadata), metadata["weights_digest"],
-                                 [tuple(profile) for profile in metadata["profiles"]])
-    problem = torch_engine.cache_problem(path, recorded, key)
+    problem = torch_engine.cache_problem_here(path, metadata, build.engine_input(metadata))
     if problem:
         print(f"{problem}: rebuilding it")
     return problem is None

@@ -12,7 +12,6 @@ from common import build, data
 from common.errors import CourseError
 
 SUPPORTED_TENSORRT = (10, 11)
-STAND_IN_MODES = ("compiled", "eager")  # torch_engine.MODES; this module imports torch only to load a stand-in
 
 
 def resolve_backend(requested):
@@ -168,9 +167,11 @@ def read_metadata(path):
     missing = [key for key in build.METADATA_KEYS if key not in metadata]
     if missing:
         raise StaleEngine(f"{metadata_file} lacks {', '.join(missing)}")
-    stand_in = metadata["stand_in"]
-    if metadata["backend"] == "torch" and not (isinstance(stand_in, dict) and stand_in.get("mode") in STAND_IN_MODES):
-        raise StaleEngine(f"{metadata_file} does not say how the stand-in runs (its stand_in is {stand_in!r})")
+    if metadata["backend"] == "torch":
+        from common import torch_engine
+        stand_in = metadata["stand_in"]
+        if not (isinstance(stand_in, dict) and stand_in.get("mode") in torch_engine.MODES):
+            raise StaleEngine(f"{metadata_file} does not say how the stand-in runs (its stand_in is {stand_in!r})")
     return metadata
 
 

@@ -328,6 +328,16 @@ def build(engine_file, precision, profiles, image_input, weights_digest, request
             "cache_key": cache_key(precision, image_input, weights_digest, profiles)}
 
 
+def cache_problem_here(engine_file, metadata, image_input):
+    """cache_problem of an engine against this machine, from its metadata: what a load and 0_build.py both ask."""
+    key = cache_key(metadata["precision"], image_input, metadata["weights_digest"], profiles_of(metadata))
+    return cache_problem(engine_file, metadata["stand_in"], key)
+
+
+def profiles_of(metadata):
+    return [tuple(profile) for profile in metadata["profiles"]]
+
+
 def first_line(error):
     return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}".rstrip(": ")
 
@@ -350,22 +360,20 @@ def cache_problem(engine_file, stand_in, key):
 
 def load_torch_engine(engine_file, metadata, image_input):
     """The stand-in's "deserialization": the module, compiled from its cache where it was built compiled."""
-    precision, profiles = metadata["precision"], [tuple(p) for p in metadata["profiles"]]
-    model = inference_module(engine_file, precision, image_input)
+    model = inference_module(engine_file, metadata["precision"], image_input)
     mode = metadata["stand_in"]["mode"]
     if mode == "compiled":
         model, mode = compiled_from_cache(model, engine_file, metadata, image_input)
-    return TorchEngine(model, profiles, image_input, mode=mode)
+    return TorchEngine(model, profiles_of(metadata), image_input, mode=mode)
 
 
 def compiled_from_cache(model, engine_file, metadata, image_input):
     """(module, mode): compiled with the build's cache where it is valid, recompiled where not, eager where
     compilation cannot run here; each departure from the build said in one line."""
-    stand_in, profiles = metadata["stand_in"], [tuple(p) for p in metadata["profiles"]]
+    profiles = profiles_of(metadata)
     why_eager = why_not_compiled()
     if why_eager is None:
-        key = cache_key(metadata["precision"], image_input, metadata["weights_digest"], profiles)
-        problem = cache_problem(engine_file, stand_in, key)
+        problem = cache_problem_here(engine_file, metadata, image_input)
         if problem:
             print(f"recompiling: {problem}; a slower start, the same results (`0_build.py --force` saves a new cache)")
         else:
