@@ -4,6 +4,7 @@ describe its I/O tensors.
 import dataclasses
 import json
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -261,7 +262,7 @@ class _TensorRTEngine:
 
     def __init__(self, engine, path):
         self._engine, self._path = engine, path
-        self._contexts = []  # what it made, for common/memory.py
+        self._contexts = LiveObjects()  # what it made and is still in use, for common/memory.py
 
     def __getattr__(self, name):
         return getattr(self._engine, name)
@@ -272,13 +273,29 @@ class _TensorRTEngine:
             raise CourseError(f"out of GPU memory creating an execution context for {self._path} (TensorRT reserves "
                               "the memory of its profiles' largest batch): build the engine with a smaller --profile "
                               "MAX, or free the GPU")
-        self._contexts.append(context)
-        return context
+        return self._contexts.add(context)
 
 
 def tensorrt_contexts(wrapped):
-    """The execution contexts a loaded TensorRT engine (a _TensorRTEngine) made, in the order it made them."""
-    return list(wrapped._contexts)
+    """The execution contexts a loaded TensorRT engine (a _TensorRTEngine) made and that are still in use, in the
+    order it made them."""
+    return wrapped._contexts.alive()
+
+
+class LiveObjects:
+    """Objects in the order they were added, held weakly: counting a step's execution contexts must not keep one
+    (and its activation memory) alive once the step has let it go (step 10 frees the engine's before eager PyTorch
+    runs)."""
+
+    def __init__(self):
+        self._references = []
+
+    def add(self, item):
+        self._references.append(weakref.ref(item))
+        return item
+
+    def alive(self):
+        return [item for reference in self._references if (item := reference()) is not None]
 
 
 def _tensorrt_nptype(dtype):

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.fx.experimental.optimization import fuse
 
-from common import cuda, data
+from common import cuda, data, engine as engines
 from common.errors import CourseError
 
 MODES = ("compiled", "eager")
@@ -89,7 +89,7 @@ class TorchEngine:
         self._image_input = image_input  # the ladder's normalized fp32 NCHW, or step 12's uint8 NHWC
         self._names = (input_name, output_name)
         self._mode = mode  # "compiled" or "eager": how `_model` runs
-        self._contexts = []
+        self._contexts = engines.LiveObjects()
 
     @property
     def num_io_tensors(self):
@@ -117,9 +117,7 @@ class TorchEngine:
         return [(batch, *sample) for batch in self._profiles[profile_index]]
 
     def create_execution_context(self):
-        context = TorchExecutionContext(self)
-        self._contexts.append(context)
-        return context
+        return self._contexts.add(TorchExecutionContext(self))
 
 
 def mode_of(stand_in):
@@ -134,8 +132,8 @@ def weights_bytes(stand_in):
 
 
 def contexts_of(stand_in):
-    """The execution contexts made from a TorchEngine, in the order they were made."""
-    return list(stand_in._contexts)
+    """The execution contexts made from a TorchEngine and still in use, in the order they were made."""
+    return stand_in._contexts.alive()
 
 
 def activation_bytes(stand_in_context):

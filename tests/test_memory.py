@@ -113,7 +113,7 @@ class FakeContext:
 def stand_in(monkeypatch, *activation_mib):
     """A loaded stand-in engine with a small module and contexts whose pools hold `activation_mib`."""
     engine = torch_engine.TorchEngine(torch.nn.Linear(256, 1024), [(1, 128, 128)], None)
-    engine._contexts = [FakeContext(size * MIB) for size in activation_mib]
+    engine.kept = [engine._contexts.add(FakeContext(size * MIB)) for size in activation_mib]  # as a step holds them
     monkeypatch.setattr(torch_engine, "activation_bytes", lambda context: context.reserved)
     return types.SimpleNamespace(backend="torch", engine=engine, path=Path("engines/x.torch.pt"))
 
@@ -160,15 +160,16 @@ def test_tensorrt_weights_come_from_the_engine_where_it_says_else_from_the_plan(
             return 12345
 
         def create_execution_context(self):
-            return object()
+            return FakeContext(0)
     plan = tmp_path / "resnet18_fp16.plan"
     plan.write_bytes(b"\0" * 4096)
     wrapped = engines._TensorRTEngine(Engine(), plan)
-    wrapped.create_execution_context()
-    wrapped.create_execution_context()
+    held = [wrapped.create_execution_context() for _ in range(3)]
     loaded = types.SimpleNamespace(backend="tensorrt", engine=wrapped, path=plan)
     assert memory.weights_bytes(loaded) == weights
-    assert memory.activation_bytes(loaded) == [40 * MIB, 40 * MIB]
+    assert memory.activation_bytes(loaded) == [40 * MIB] * 3
+    del held[1]  # a context the step let go of holds no memory, and the count must not keep it alive
+    assert memory.activation_bytes(loaded) == [40 * MIB] * 2
 
 
 def test_the_largest_batch_that_fits_is_named_with_why_the_sweep_stopped():
