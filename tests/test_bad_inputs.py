@@ -406,8 +406,8 @@ def course(tmp_path):
 def entry_point(script):
     """The program name and main() of a script."""
     if script == "common.report":
-        from common import report
-        return "python -m common.report", report.main
+        from common.report import summary
+        return "python -m common.report", summary.main
     return f"{script}.py", steps.load(script).main
 
 
@@ -510,7 +510,7 @@ def test_make_refuses_a_typo_in_backend_before_any_work(target):
 def test_bad_nsys_is_a_note_and_the_report_goes_on(nsys, course, monkeypatch, capsys):
     """--nsys is what exports a step's .nsys-rep: a bad one loses that step's trace figures, with a note saying so,
     not the report."""
-    from common import report
+    from common.report import summary as report
     monkeypatch.chdir(course)
     (course / "reports/1_baseline.nsys-rep").write_bytes(b"a trace")
     report.main(["--nsys", nsys])

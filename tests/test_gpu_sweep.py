@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from common import ladder
+from common.report import ladder
 from common.errors import CourseError
 from conftest import REPO, requires_gpu, run_script
 

@@ -1,4 +1,4 @@
-"""Tests of the report: common/nsys_trace.py (trace figures), common/report.py (the summary), common/plots.py (ladder, timelines) and tools/trim_nsys_sqlite.py.
+"""Tests of the report: common/report/nsys_trace.py (trace figures), common/report/summary.py (the summary), common/report/plots.py (ladder, timelines) and tools/trim_nsys_sqlite.py.
 
 The traces are real Nsight Systems SQLite exports made on the lent H100 (nsys 2025.3.1) and trimmed
 with tools/trim_nsys_sqlite.py:
@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from common import ladder, nsys_trace, plots, report, reproduce, stats
+from common import stats
+from common.report import ladder, nsys_trace, plots, reproduce, summary as report
 from tools import trim_nsys_sqlite
 
 REPO = Path(__file__).resolve().parents[1]
@@ -784,7 +785,7 @@ def test_report_on_the_course_fixtures(tmp_path, no_nsys):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Two runs compared (--compare, common/reproduce.py)
+# Two runs compared (--compare, common/report/reproduce.py)
 
 
 def two_runs(tmp_path):
@@ -1046,3 +1047,14 @@ def test_a_second_context_shows_in_the_traces_memory():
                                                                   nsys_trace.RUN_RANGE), 20).memory_peak_mib
              for stem in ("4_use_fp16", "8_multi_context")}
     assert peaks["8_multi_context"] > peaks["4_use_fp16"] + 300  # another 336 MiB pool, and step 8's buffers
+
+
+def test_the_report_is_a_package_the_steps_never_import():
+    """common/'s own modules and the numbered steps are what the steps use; common/report/ reads their results.
+    Imports point down: nothing outside common/report/ (but tools and tests) imports it."""
+    importers = [path.relative_to(REPO) for path in [*REPO.glob("common/*.py"), *REPO.glob("[0-9]*_*.py")]
+                 if re.search(r"^\s*(from common\.report\b|from common import .*\breport\b|import common\.report)",
+                              path.read_text(), re.M)]
+    assert importers == []
+    assert {path.name for path in (REPO / "common" / "report").glob("*.py")} >= {
+        "__main__.py", "summary.py", "nsys_trace.py", "intervals.py", "plots.py", "ladder.py", "reproduce.py"}

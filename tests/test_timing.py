@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from common import ladder, results, stats
+from common import results, stats
+from common.report import ladder
 
 
 class FakeClock:

@@ -1,4 +1,4 @@
-"""Shrink an nsys SQLite export to what common/nsys_trace.py reads, so it can be committed as a test fixture.
+"""Shrink an nsys SQLite export to what common/report/nsys_trace.py reads, so it can be committed as a test fixture.
 
     python tools/trim_nsys_sqlite.py reports/1_baseline.sqlite tests/fixtures/nsys/1_baseline.sqlite
 
@@ -18,11 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere in the repo
 
-from common.nsys_trace import (MEMORY_ENUM_TABLES, MEMORY_TABLE, RUN_RANGE, TraceUnavailable, find_window,  # noqa: E402
+from common.report.nsys_trace import (MEMORY_ENUM_TABLES, MEMORY_TABLE, RUN_RANGE, TraceUnavailable, find_window,  # noqa: E402
                                read_trace, trace_figures)
 
 KEPT_TABLES = {
-    # read by common/nsys_trace.py
+    # read by common/report/nsys_trace.py
     "NVTX_EVENTS", "StringIds", "CUPTI_ACTIVITY_KIND_KERNEL", "CUPTI_ACTIVITY_KIND_MEMCPY",
     "CUPTI_ACTIVITY_KIND_MEMSET", "CUPTI_ACTIVITY_KIND_RUNTIME", "ThreadNames", "TARGET_INFO_CUDA_CONTEXT_INFO",
     "META_DATA_EXPORT", MEMORY_TABLE, *MEMORY_ENUM_TABLES,

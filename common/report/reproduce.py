@@ -11,7 +11,8 @@ they are not, the difference is one of three kinds:
 A lesson reproduces when its verdict against the step it builds on (faster, slower, within noise) is
 the same in both runs.
 """
-from common import ladder, stats
+from common import stats
+from common.report import ladder
 
 REPRODUCE_PCT = 5.0
 

@@ -60,7 +60,7 @@ import re
 import sqlite3
 import subprocess
 
-from common.intervals import clip, intersection, subtract, total_length, union
+from common.report.intervals import clip, intersection, subtract, total_length, union
 
 WINDOW_RANGE = "last 3 batches"
 BATCHES_IN_WINDOW = 3

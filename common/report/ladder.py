@@ -8,7 +8,8 @@ no "stand_in".
 import json
 import re
 
-from common import plots, stats
+from common import stats
+from common.report import plots
 
 TUTORIAL_BATCHES = 3  # results.TIMED_BATCHES, the source tutorial's window (results imports the GPU stack)
 
@@ -185,7 +186,7 @@ def floor_ms(result):
 
 
 # ---------------------------------------------------------------------------------------------------
-# The ladder chart (common/plots.py draws it)
+# The ladder chart (common/report/plots.py draws it)
 
 
 def draw_ladder(path, ladder):

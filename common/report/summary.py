@@ -11,22 +11,23 @@ Reads DIR/<stem>.json (one per step) and, where the step was profiled, DIR/<stem
     DIR/timeline_<stem>.png  the last three batches of a profiled step: GPU streams and host threads
 If DIR holds no step results (a fresh clone, a machine without a GPU), it reports the committed example
 results in results/h100-torch/ instead, says so, and still writes to DIR. With --compare, the summary also
-says which steps' figures reproduce in another run's results (common/reproduce.py; `make reproduce`).
-The results are read by common/ladder.py, the traces by common/nsys_trace.py, and drawn by common/plots.py;
-this module writes the summary and is the command line.
+says which steps' figures reproduce in another run's results (common/report/reproduce.py; `make reproduce`).
+The results are read by common/report/ladder.py, the traces by common/report/nsys_trace.py, and drawn by
+common/report/plots.py; this module writes the summary and is the command line (common/report/__main__.py).
 """
 import argparse
 import shutil
 import textwrap
 from pathlib import Path
 
-from common import cli, nsys_trace, plots, reproduce, stats
+from common import cli, stats
+from common.report import nsys_trace, plots, reproduce
 from common.errors import CourseError
-from common.ladder import (activations_mib, compare, comparison_text, draw_ladder, floor_ms, has_timed_window,
+from common.report.ladder import (activations_mib, compare, comparison_text, draw_ladder, floor_ms, has_timed_window,
                            images_per_second, lesson_comparisons, load_results, memory_of, ms_per_batch,
                            profiling_note, rung_of, rungs_and_beyond, speedups, stand_in_name, step_label,
                            step_number, taken, times, versus_text, windows)
-from common.nsys_trace import RUN_RANGE, WINDOW_RANGE
+from common.report.nsys_trace import RUN_RANGE, WINDOW_RANGE
 
 DEFAULT_REPORTS = Path("reports")
 DEFAULT_EXAMPLES = Path("results/h100-torch")
@@ -505,6 +506,3 @@ def main(argv=None):
         print(f"report: against {args.compare}/: {reproduce.reproduced_line(verdicts)}")
     print(f"report: wrote summary.md, ladder.png and {timelines} timeline picture(s) to {args.reports}/")
 
-
-if __name__ == "__main__":
-    cli.run(main)
