@@ -193,7 +193,7 @@ class EnginePipeline(Pipeline):
         self.graphs = SweepGraphs(self.context, self.compute_stream, loaded)
 
     def prepare(self, buffers):
-        self.context.set_tensor_address(self.output.name, buffers.output_address)
+        engines.accepted(self.context.set_tensor_address(self.output.name, buffers.output_address), "the output's address")
         self.graphs.capture_before_timing(buffers.slots, buffers.batch_size)
 
     def launch(self, slot, batch_size):

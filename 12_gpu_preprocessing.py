@@ -29,7 +29,6 @@ time by CUDA events. Nothing overlaps the copy there: it is part of every reques
 Run: python 0_build.py --precision fp16 && python 0_build.py --precision fp16 --input uint8
      python 12_gpu_preprocessing.py (--help for the options)
 """
-import concurrent.futures
 import statistics
 import time
 
@@ -135,14 +134,7 @@ def main():
     batches = cuda.pinned_copies(run.batches)  # as if the decoder had written them there
     outputs = [None] * len(batches)
     timer = results.Timer(args.batches, args.repeats)
-    pipelines = [step8.ContextPipeline(run, batches, outputs, timer) for _ in range(step8.CONTEXTS)]
-    for pipeline in pipelines:
-        pipeline.warm_up()
-
-    claim_next = step8.batch_queue(range(len(batches)))
-    with concurrent.futures.ThreadPoolExecutor(step8.CONTEXTS, thread_name_prefix="context") as pool:
-        for done in [pool.submit(pipeline.drive, claim_next) for pipeline in pipelines]:
-            done.result()  # re-raises a pipeline thread's exception here
+    step8.run_contexts(run, batches, outputs, timer, step8.CONTEXTS)
 
     held = memory.held(run.loaded)  # the timed run's; the latency side adds contexts of its own
     latency = measure_latency(args, run, fp32_input)

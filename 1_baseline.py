@@ -14,7 +14,7 @@ Run: python 1_baseline.py [--backend auto|tensorrt|torch] (python 1_baseline.py 
 """
 import numpy as np
 
-from common import cli, cuda, nvtx, results, workload
+from common import cli, cuda, engine as engines, nvtx, results, workload
 from common.errors import CourseError
 
 ENGINE = "resnet18_fp32"
@@ -28,9 +28,9 @@ def infer(context, stream, run, images):
     with nvtx.phase("h2d"):
         cuda.memcpy_htod(input_address, images)
     with nvtx.phase("infer"):
-        context.set_input_shape(run.input.name, images.shape)
-        context.set_tensor_address(run.input.name, input_address)
-        context.set_tensor_address(run.output.name, output_address)
+        engines.accepted(context.set_input_shape(run.input.name, images.shape), "the input shape")
+        engines.accepted(context.set_tensor_address(run.input.name, input_address), "the input's address")
+        engines.accepted(context.set_tensor_address(run.output.name, output_address), "the output's address")
         if not context.execute_async_v3(stream):
             raise CourseError("execute_async_v3 failed: see the engine's log above")
         cuda.synchronize(stream)

@@ -13,7 +13,7 @@ Run: python 2_reuse_buffers.py [--backend auto|tensorrt|torch] (--help for the r
 """
 import numpy as np
 
-from common import cli, cuda, nvtx, results, workload
+from common import cli, cuda, engine as engines, nvtx, results, workload
 from common.errors import CourseError
 
 ENGINE = "resnet18_fp32"
@@ -24,8 +24,8 @@ def allocate(context, run, batch_size):
     with nvtx.phase("alloc"):
         input_address = cuda.malloc(run.input.nbytes(batch_size))
         output_address = cuda.malloc(run.output.nbytes(batch_size))
-    context.set_tensor_address(run.input.name, input_address)
-    context.set_tensor_address(run.output.name, output_address)
+    engines.accepted(context.set_tensor_address(run.input.name, input_address), "the input's address")
+    engines.accepted(context.set_tensor_address(run.output.name, output_address), "the output's address")
     return input_address, output_address
 
 
@@ -35,7 +35,7 @@ def infer(context, stream, run, buffers, images):
     with nvtx.phase("h2d"):
         cuda.memcpy_htod(input_address, images)
     with nvtx.phase("infer"):
-        context.set_input_shape(run.input.name, images.shape)
+        engines.accepted(context.set_input_shape(run.input.name, images.shape), "the input shape")
         if not context.execute_async_v3(stream):
             raise CourseError("execute_async_v3 failed: see the engine's log above")
         cuda.synchronize(stream)

@@ -14,7 +14,7 @@ What to look for in the timeline (reports/4_use_fp16.nsys-rep):
 
 Run: python 0_build.py --precision fp16 && python 4_use_fp16.py (--help for the rest)
 """
-from common import cli, cuda, nvtx, results, workload
+from common import cli, cuda, engine as engines, nvtx, results, workload
 from common.errors import CourseError
 
 ENGINE = "resnet18_fp16"
@@ -26,8 +26,8 @@ def allocate(context, run, batch_size):
         input_address = cuda.malloc(run.input.nbytes(batch_size))
         output_address = cuda.malloc(run.output.nbytes(batch_size))
         host_output = cuda.pinned_empty(run.output.shape_for(batch_size), run.output.dtype)
-    context.set_tensor_address(run.input.name, input_address)
-    context.set_tensor_address(run.output.name, output_address)
+    engines.accepted(context.set_tensor_address(run.input.name, input_address), "the input's address")
+    engines.accepted(context.set_tensor_address(run.output.name, output_address), "the output's address")
     return input_address, output_address, host_output
 
 
@@ -37,7 +37,7 @@ def infer(context, stream, run, buffers, images):
     with nvtx.phase("h2d"):
         cuda.memcpy_htod_async(input_address, images, stream)
     with nvtx.phase("infer"):
-        context.set_input_shape(run.input.name, images.shape)
+        engines.accepted(context.set_input_shape(run.input.name, images.shape), "the input shape")
         if not context.execute_async_v3(stream):
             raise CourseError("execute_async_v3 failed: see the engine's log above")
     logits = host_output[:len(images)]

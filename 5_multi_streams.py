@@ -22,7 +22,7 @@ Run: python 5_multi_streams.py (--help for the options)
 """
 import dataclasses
 
-from common import cli, cuda, nvtx, results, workload
+from common import cli, cuda, engine as engines, nvtx, results, workload
 from common.errors import CourseError
 
 ENGINE = "resnet18_fp16"
@@ -43,7 +43,7 @@ def allocate(context, run, batch_size):
                  for _ in range(2)]
         output_address = cuda.malloc(run.output.nbytes(batch_size))
         host_output = cuda.pinned_empty(run.output.shape_for(batch_size), run.output.dtype)
-    context.set_tensor_address(run.output.name, output_address)
+    engines.accepted(context.set_tensor_address(run.output.name, output_address), "the output's address")
     return slots, output_address, host_output
 
 
@@ -60,8 +60,8 @@ def infer(context, compute_stream, run, buffers, slot, batch_size):
     _, output_address, host_output = buffers
     with nvtx.phase("infer"):
         cuda.wait(compute_stream, slot.copied)
-        context.set_input_shape(run.input.name, run.input.shape_for(batch_size))
-        context.set_tensor_address(run.input.name, slot.address)
+        engines.accepted(context.set_input_shape(run.input.name, run.input.shape_for(batch_size)), "the input shape")
+        engines.accepted(context.set_tensor_address(run.input.name, slot.address), "the input's address")
         if not context.execute_async_v3(compute_stream):
             raise CourseError("execute_async_v3 failed: see the engine's log above")
         cuda.record(slot.consumed, compute_stream)

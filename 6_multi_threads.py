@@ -19,7 +19,7 @@ import dataclasses
 import queue
 import threading
 
-from common import cli, cuda, nvtx, results, workload
+from common import cli, cuda, engine as engines, nvtx, results, workload
 from common.errors import CourseError
 
 ENGINE = "resnet18_fp16"
@@ -48,7 +48,7 @@ def allocate(context, run, batch_size):
         output_address = cuda.malloc(run.output.nbytes(batch_size))
         host_outputs = [HostOutput(cuda.pinned_empty(run.output.shape_for(batch_size), run.output.dtype),
                                    cuda.create_event()) for _ in range(2)]
-    context.set_tensor_address(run.output.name, output_address)
+    engines.accepted(context.set_tensor_address(run.output.name, output_address), "the output's address")
     return slots, output_address, host_outputs
 
 
@@ -65,8 +65,8 @@ def infer(context, compute_stream, run, buffers, slot, host_output, batch_size):
     output_address = buffers[1]
     with nvtx.phase("infer"):
         cuda.wait(compute_stream, slot.copied)
-        context.set_input_shape(run.input.name, run.input.shape_for(batch_size))
-        context.set_tensor_address(run.input.name, slot.address)
+        engines.accepted(context.set_input_shape(run.input.name, run.input.shape_for(batch_size)), "the input shape")
+        engines.accepted(context.set_tensor_address(run.input.name, slot.address), "the input's address")
         if not context.execute_async_v3(compute_stream):
             raise CourseError("execute_async_v3 failed: see the engine's log above")
         cuda.record(slot.consumed, compute_stream)

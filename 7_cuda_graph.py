@@ -10,12 +10,17 @@ kernels the GPU waits for the host. A graph is the recorded sequence, launched w
   output thread keeps calling CUDA; in that mode only the capturing thread's own calls can invalidate
   the capture.
 - A graph replays fixed addresses and shapes, so there is one graph per input slot and batch size,
-  captured again whenever a new batch size arrives.
+  captured again whenever a new batch size arrives. A graph also belongs to the execution context's
+  state at its capture (TensorRT's developer guide: replaying after the context's shapes or addresses
+  changed is undefined), so each replay first sets the context's input shape and address back to the
+  graph's own.
 - The copies stay outside the graph: the H2D must be on the copy stream to overlap the previous
   inference, and putting the D2H inside saved about 15 us of host time per 3.2 ms batch on an H100
   (tools/graph_copies.py), not worth a graph per input slot and host buffer.
 - An engine that cannot be captured (data-dependent shapes, some plugins) runs without a graph, with a
   one-line note.
+The pipeline (streams, buffers, graphs, output thread, batch loop) is now one object, `ContextPipeline`,
+around one execution context: step 8 runs two of them.
 
 What to look for in the timeline (reports/7_cuda_graph.nsys-rep):
 - one cudaGraphLaunch per batch in the CUDA API lane instead of a launch call per kernel;
@@ -27,7 +32,7 @@ import dataclasses
 import queue
 import threading
 
-from common import cli, cuda, nvtx, results, workload
+from common import cli, cuda, engine as engines, nvtx, results, workload
 from common.errors import CourseError
 
 ENGINE = "resnet18_fp16"
@@ -56,7 +61,7 @@ def allocate(context, run, batch_size):
         output_address = cuda.malloc(run.output.nbytes(batch_size))
         host_outputs = [HostOutput(cuda.pinned_empty(run.output.shape_for(batch_size), run.output.dtype),
                                    cuda.create_event()) for _ in range(2)]
-    context.set_tensor_address(run.output.name, output_address)
+    engines.accepted(context.set_tensor_address(run.output.name, output_address), "the output's address")
     return slots, output_address, host_outputs
 
 
@@ -69,7 +74,12 @@ def copy_in(copy_stream, slot, images):
 
 
 class InferenceGraphs:
-    """One CUDA graph of the inference per (input slot, batch size), captured on first use."""
+    """One CUDA graph of the inference per (input slot, batch size), captured on first use.
+
+    A graph belongs to the execution context's state at its capture: TensorRT's developer guide calls a replay after
+    the context's input shapes or addresses changed undefined. Each capture changes them (another slot, another
+    size), so before every replay they are set back to the graph's own: two host calls, no GPU work.
+    """
 
     def __init__(self, context, stream, run):
         self.context, self.stream, self.run = context, stream, run
@@ -88,13 +98,18 @@ class InferenceGraphs:
                     print(f"note: this engine cannot be captured into a CUDA graph ({error}); running it without one")
                     self.capturable = False
         if key in self.graphs:
+            self.bind(slot, batch_size)  # the context's state at this graph's capture (see above)
             cuda.launch_graph(self.graphs[key], self.stream)
         else:
             self.enqueue(slot, batch_size)
 
+    def bind(self, slot, batch_size):
+        shape = self.run.input.shape_for(batch_size)
+        engines.accepted(self.context.set_input_shape(self.run.input.name, shape), f"the input shape {shape}")
+        engines.accepted(self.context.set_tensor_address(self.run.input.name, slot.address), "the input's address")
+
     def enqueue(self, slot, batch_size):
-        self.context.set_input_shape(self.run.input.name, self.run.input.shape_for(batch_size))
-        self.context.set_tensor_address(self.run.input.name, slot.address)
+        self.bind(slot, batch_size)
         if not self.context.execute_async_v3(self.stream):
             raise CourseError("execute_async_v3 failed: see the engine's log above")
 
@@ -162,36 +177,58 @@ class OutputThread(threading.Thread):
             raise CourseError(f"the output thread failed: {self.error}")
 
 
+class ContextPipeline:
+    """The pipeline of one execution context: its streams, buffers, CUDA graphs and output thread."""
+
+    def __init__(self, run, batches, outputs, timer):
+        self.run, self.batches = run, batches
+        self.context = run.engine.create_execution_context()
+        self.copy_stream, self.compute_stream = cuda.create_stream(), cuda.create_stream()
+        self.buffers = allocate(self.context, run, max(len(images) for images in batches))
+        self.graphs = InferenceGraphs(self.context, self.compute_stream, run)
+        self.timer = timer
+        self.output_thread = OutputThread(self.buffers[2], outputs, timer)
+
+    def warm_up(self):
+        with nvtx.phase("warm-up"):  # first runs pay one-off costs (here: the captures); keep them out of the timing
+            for slot in self.buffers[0]:
+                copy_in(self.copy_stream, slot, self.batches[0])
+                infer(self.graphs, self.compute_stream, self.buffers, slot, self.buffers[2][0], len(self.batches[0]))
+            cuda.synchronize(self.compute_stream)
+
+    def drive(self, claim_next):
+        """The batch loop over the batch indices `claim_next()` returns, until it returns None."""
+        slots, output_thread = self.buffers[0], self.output_thread
+        output_thread.start()
+        index, count = claim_next(), 0
+        if index is not None:
+            copy_in(self.copy_stream, slots[0], self.batches[index])
+        while index is not None:
+            self.timer.start_batch(index)
+            host_output = output_thread.take_free_buffer()
+            batch_size = len(self.batches[index])
+            following = claim_next()
+            if following is not None:  # prefetch first: the copy runs while this batch's inference is queued and runs
+                copy_in(self.copy_stream, slots[(count + 1) % 2], self.batches[following])
+            infer(self.graphs, self.compute_stream, self.buffers, slots[count % 2], host_output, batch_size)
+            output_thread.pending.put((index, batch_size, host_output))  # the thread waits, not us
+            index, count = following, count + 1
+        output_thread.pending.put(None)
+        output_thread.join()
+        output_thread.raise_error()
+
+
 def main():
     args = cli.parser(__doc__).parse_args()
     run = workload.prepare(args, ENGINE, precision="fp16")
-    context = run.engine.create_execution_context()
-    copy_stream, compute_stream = cuda.create_stream(), cuda.create_stream()
-    buffers = allocate(context, run, args.batch_size)
-    slots = buffers[0]
     batches = cuda.pinned_copies(run.batches)  # as if the data were loaded there
-    graphs = InferenceGraphs(context, compute_stream, run)
-    with nvtx.phase("warm-up"):  # first runs pay one-off costs (here: the captures); keep them out of the timing
-        for slot in slots:
-            copy_in(copy_stream, slot, batches[0])
-            infer(graphs, compute_stream, buffers, slot, buffers[2][0], len(batches[0]))
-        cuda.synchronize(compute_stream)
-
-    timer = results.Timer(args.batches, args.repeats)
     outputs = [None] * len(batches)
-    output_thread = OutputThread(buffers[2], outputs, timer)
-    output_thread.start()
-    copy_in(copy_stream, slots[0], batches[0])
-    for index, images in enumerate(batches):
-        timer.start_batch(index)
-        host_output = output_thread.take_free_buffer()
-        if index + 1 < len(batches):  # prefetch first: the copy runs while this batch's inference is queued and runs
-            copy_in(copy_stream, slots[(index + 1) % 2], batches[index + 1])
-        infer(graphs, compute_stream, buffers, slots[index % 2], host_output, len(images))
-        output_thread.pending.put((index, len(images), host_output))  # the thread waits, not us
-    output_thread.pending.put(None)
-    output_thread.join()
-    output_thread.raise_error()
+    timer = results.Timer(args.batches, args.repeats)
+    pipeline = ContextPipeline(run, batches, outputs, timer)
+    pipeline.warm_up()
+
+    indices = iter(range(len(batches)))
+    pipeline.drive(lambda: next(indices, None))
     results.finish(__doc__, args, run, timer, outputs)
 
 

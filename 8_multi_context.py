@@ -1,7 +1,7 @@
 """Multiple contexts: two execution contexts of one engine, each driven by its own thread, share the batches.
 
-Changed from step 7: everything step 7 did with its one context now lives in a `ContextPipeline`, and
-there are two of them, each run by its own thread, taking the next unclaimed batch from a shared queue.
+Changed from step 7: two `ContextPipeline`s instead of one, each run by its own thread, taking the next
+unclaimed batch from a shared queue.
 - What a context owns: its activation (scratch) memory on the device, its input shapes, tensor
   addresses and CUDA graphs. Here each pipeline also owns its streams, buffers and output thread.
 - What the contexts share: the engine, i.e. the weights and the compiled kernels, loaded once.
@@ -11,8 +11,13 @@ there are two of them, each run by its own thread, taking the next unclaimed bat
   special at build time. (TensorRT 8.6 needed the PROFILE_SHARING_0806 preview feature, which 10.0
   made the default and 11 removed; docs/tensorrt-notes.md section 5 has the sources, and one 10.x
   header comment that still says otherwise.)
-Both pipelines are set up and warmed up before the timed run starts. The cost: memory for a second
-set of activations and buffers.
+Both pipelines are set up and warmed up before the timed run starts.
+When it pays: where one context leaves the GPU idle, i.e. small batches, whose kernels are short and
+do not fill the GPU. Where one context already keeps the GPU busy (large batches), a second only adds
+its memory (a second set of activations and buffers) and latency (each batch shares the GPU with
+another). After the timed run the step measures exactly that, in the NVTX range "contexts compared":
+one context (step 7's pipeline) against two, at --batch-size and at a small batch
+(--small-batch-size), the same images each time, back to back; the result's "contexts_compared".
 
 What to look for in the timeline (reports/8_multi_context.nsys-rep):
 - two compute streams whose kernels run at the same time, fed by two host threads.
@@ -24,7 +29,9 @@ import dataclasses
 import queue
 import threading
 
-from common import cli, cuda, nvtx, results, workload
+import numpy as np
+
+from common import cli, cuda, engine as engines, memory, nvtx, results, workload
 from common.errors import CourseError
 
 ENGINE = "resnet18_fp16"
@@ -54,7 +61,7 @@ def allocate(context, run, batch_size):
         output_address = cuda.malloc(run.output.nbytes(batch_size))
         host_outputs = [HostOutput(cuda.pinned_empty(run.output.shape_for(batch_size), run.output.dtype),
                                    cuda.create_event()) for _ in range(2)]
-    context.set_tensor_address(run.output.name, output_address)
+    engines.accepted(context.set_tensor_address(run.output.name, output_address), "the output's address")
     return slots, output_address, host_outputs
 
 
@@ -67,7 +74,12 @@ def copy_in(copy_stream, slot, images):
 
 
 class InferenceGraphs:
-    """One CUDA graph of the inference per (input slot, batch size), captured on first use."""
+    """One CUDA graph of the inference per (input slot, batch size), captured on first use.
+
+    A graph belongs to the execution context's state at its capture: TensorRT's developer guide calls a replay after
+    the context's input shapes or addresses changed undefined. Each capture changes them (another slot, another
+    size), so before every replay they are set back to the graph's own: two host calls, no GPU work.
+    """
 
     def __init__(self, context, stream, run):
         self.context, self.stream, self.run = context, stream, run
@@ -86,13 +98,18 @@ class InferenceGraphs:
                     print(f"note: this engine cannot be captured into a CUDA graph ({error}); running it without one")
                     self.capturable = False
         if key in self.graphs:
+            self.bind(slot, batch_size)  # the context's state at this graph's capture (see above)
             cuda.launch_graph(self.graphs[key], self.stream)
         else:
             self.enqueue(slot, batch_size)
 
+    def bind(self, slot, batch_size):
+        shape = self.run.input.shape_for(batch_size)
+        engines.accepted(self.context.set_input_shape(self.run.input.name, shape), f"the input shape {shape}")
+        engines.accepted(self.context.set_tensor_address(self.run.input.name, slot.address), "the input's address")
+
     def enqueue(self, slot, batch_size):
-        self.context.set_input_shape(self.run.input.name, self.run.input.shape_for(batch_size))
-        self.context.set_tensor_address(self.run.input.name, slot.address)
+        self.bind(slot, batch_size)
         if not self.context.execute_async_v3(self.stream):
             raise CourseError("execute_async_v3 failed: see the engine's log above")
 
@@ -161,7 +178,7 @@ class OutputThread(threading.Thread):
 
 
 class ContextPipeline:
-    """Step 7's pipeline for one execution context: its own streams, buffers, graphs and output thread."""
+    """The pipeline of one execution context: its streams, buffers, CUDA graphs and output thread."""
 
     def __init__(self, run, batches, outputs, timer):
         self.run, self.batches = run, batches
@@ -180,7 +197,7 @@ class ContextPipeline:
             cuda.synchronize(self.compute_stream)
 
     def drive(self, claim_next):
-        """The batch loop of step 7, over the batches this pipeline claims; runs on its own thread."""
+        """The batch loop over the batch indices `claim_next()` returns, until it returns None."""
         slots, output_thread = self.buffers[0], self.output_thread
         output_thread.start()
         index, count = claim_next(), 0
@@ -215,21 +232,77 @@ def batch_queue(indices):
     return claim_next
 
 
-def main():
-    args = cli.parser(__doc__).parse_args()
-    run = workload.prepare(args, ENGINE, precision="fp16")
-    batches = cuda.pinned_copies(run.batches)  # as if the data were loaded there
-    outputs = [None] * len(batches)
-    timer = results.Timer(args.batches, args.repeats)
-    pipelines = [ContextPipeline(run, batches, outputs, timer) for _ in range(CONTEXTS)]
+def run_contexts(run, batches, outputs, timer, contexts):
+    """The timed run: `contexts` pipelines, warmed up first, each on its own thread, sharing one batch queue."""
+    pipelines = [ContextPipeline(run, batches, outputs, timer) for _ in range(contexts)]
     for pipeline in pipelines:
         pipeline.warm_up()
 
     claim_next = batch_queue(range(len(batches)))
-    with concurrent.futures.ThreadPoolExecutor(CONTEXTS, thread_name_prefix="context") as pool:
+    with concurrent.futures.ThreadPoolExecutor(contexts, thread_name_prefix="context") as pool:
         for done in [pool.submit(pipeline.drive, claim_next) for pipeline in pipelines]:
             done.result()  # re-raises a pipeline thread's exception here
-    results.finish(__doc__, args, run, timer, outputs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Where a second context pays: one context against two, at a large and a small batch
+
+def rebatched(arrays, batch_size):
+    """The same images (or their reference logits) cut into batches of batch_size; a remainder is left out."""
+    joined = np.concatenate(arrays)
+    return [joined[start:start + batch_size] for start in range(0, len(joined) - batch_size + 1, batch_size)]
+
+
+def compare_contexts(args, run):
+    """One context against two at each batch size, on the images of one window, --repeats windows each."""
+    images, reference = run.batches[:args.batches], run.reference[:args.batches]
+    rows = []
+    with nvtx.phase("contexts compared"):
+        for batch_size in dict.fromkeys([args.batch_size, args.small_batch_size]):
+            batches = cuda.pinned_copies(rebatched(images, batch_size))
+            figures = {}
+            for contexts in (1, CONTEXTS):
+                outputs = [None] * (len(batches) * args.repeats)
+                timer = results.Timer(len(batches), args.repeats, traced=False)
+                run_contexts(run, batches * args.repeats, outputs, timer, contexts)
+                figures[contexts] = {**results.steady_figures(timer, batch_size), "check": results.check_outputs(
+                    outputs, rebatched(reference, batch_size) * args.repeats, "fp16")}
+            rows.append({"batch_size": batch_size, "one_context": figures[1], "two_contexts": figures[CONTEXTS],
+                         **results.versus(figures[CONTEXTS], figures[1])})
+    return rows
+
+
+def print_comparison(rows):
+    print("one context (step 7's pipeline) against two, the same images, back to back:")
+    for row in rows:
+        one, two = row["one_context"], row["two_contexts"]
+        verdict = "within noise" if row["within_noise"] else f"{row['speedup']:.2f}x"
+        print(f"  batch {row['batch_size']:>4}: one {one['median_ms_per_batch']:.3f} ms, two "
+              f"{two['median_ms_per_batch']:.3f} ms per batch ({verdict}); latency p50 "
+              f"{one['latency_p50_ms']:.2f} -> {two['latency_p50_ms']:.2f} ms")
+
+
+def main():
+    parser = cli.parser(__doc__)
+    parser.add_argument("--small-batch-size", type=cli.whole_number(1), default=16,
+                        help="the small batch of the contexts comparison (default 16)")
+    args = parser.parse_args()
+    run = workload.prepare(args, ENGINE, precision="fp16", later_batch_sizes=[args.small_batch_size])
+    batches = cuda.pinned_copies(run.batches)  # as if the data were loaded there
+    outputs = [None] * len(batches)
+    timer = results.Timer(args.batches, args.repeats)
+    run_contexts(run, batches, outputs, timer, CONTEXTS)
+
+    held = memory.held(run.loaded)  # the timed run's; the comparison adds contexts of its own
+    compared = compare_contexts(args, run)
+    print_comparison(compared)
+    results.finish(__doc__, args, run, timer, outputs, held=held, extra={"contexts_compared": {
+        "how": "the same images, --repeats windows each, one context then two, after the timed run",
+        "rows": compared}})
+    differ = [f"batch {row['batch_size']}" for row in compared
+              if not (row["one_context"]["check"]["passed"] and row["two_contexts"]["check"]["passed"])]
+    if differ:
+        raise CourseError(f"the contexts comparison's outputs differ from the PyTorch reference: {', '.join(differ)}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,13 @@ goes to the context whose profile holds its size, so no context ever switches pr
 reallocated (each context's buffers are sized for its profile's largest batch). A batch that fits no
 profile is refused with a clear error before anything runs.
 The workload differs from steps 1 to 8 (every other batch is small), so its time per batch is not
-comparable with theirs.
+comparable with theirs. What the profiles buy is measured after the timed run, in the NVTX range "one
+profile": the same mixed workload through the same pipelines (two contexts, one for the large batches
+and one for the small), on step 4's engine, whose one profile (1:128:128) takes every batch (the
+result's "one_profile"; --one-profile-engine). With TensorRT, which tunes each profile's kernels for its
+opt shape, that is what the profiles buy. The PyTorch stand-in cannot show it: it compiles one graph
+for an engine's whole batch range, and in one process PyTorch gives both engines the same compiled
+graph (modules of one class share it), so there the comparison shows only what the profiles cost.
 
 What to look for in the timeline (reports/9_multi_profiles.nsys-rep):
 - two compute streams, one running the small batches and one the large ones;
@@ -23,10 +29,11 @@ import dataclasses
 import queue
 import threading
 
-from common import cli, cuda, data, nvtx, results, workload
+from common import build, cli, cuda, data, engine as engines, memory, nvtx, results, workload
 from common.errors import CourseError
 
 ENGINE = "resnet18_fp16_2profiles"
+ONE_PROFILE_ENGINE = "resnet18_fp16"  # step 4's: one profile, 1:128:128
 
 
 @dataclasses.dataclass
@@ -52,7 +59,7 @@ def allocate(context, run, batch_size):
         output_address = cuda.malloc(run.output.nbytes(batch_size))
         host_outputs = [HostOutput(cuda.pinned_empty(run.output.shape_for(batch_size), run.output.dtype),
                                    cuda.create_event()) for _ in range(2)]
-    context.set_tensor_address(run.output.name, output_address)
+    engines.accepted(context.set_tensor_address(run.output.name, output_address), "the output's address")
     return slots, output_address, host_outputs
 
 
@@ -65,7 +72,12 @@ def copy_in(copy_stream, slot, images):
 
 
 class InferenceGraphs:
-    """One CUDA graph of the inference per (input slot, batch size), captured on first use."""
+    """One CUDA graph of the inference per (input slot, batch size), captured on first use.
+
+    A graph belongs to the execution context's state at its capture: TensorRT's developer guide calls a replay after
+    the context's input shapes or addresses changed undefined. Each capture changes them (another slot, another
+    size), so before every replay they are set back to the graph's own: two host calls, no GPU work.
+    """
 
     def __init__(self, context, stream, run):
         self.context, self.stream, self.run = context, stream, run
@@ -84,13 +96,18 @@ class InferenceGraphs:
                     print(f"note: this engine cannot be captured into a CUDA graph ({error}); running it without one")
                     self.capturable = False
         if key in self.graphs:
+            self.bind(slot, batch_size)  # the context's state at this graph's capture (see above)
             cuda.launch_graph(self.graphs[key], self.stream)
         else:
             self.enqueue(slot, batch_size)
 
+    def bind(self, slot, batch_size):
+        shape = self.run.input.shape_for(batch_size)
+        engines.accepted(self.context.set_input_shape(self.run.input.name, shape), f"the input shape {shape}")
+        engines.accepted(self.context.set_tensor_address(self.run.input.name, slot.address), "the input's address")
+
     def enqueue(self, slot, batch_size):
-        self.context.set_input_shape(self.run.input.name, self.run.input.shape_for(batch_size))
-        self.context.set_tensor_address(self.run.input.name, slot.address)
+        self.bind(slot, batch_size)
         if not self.context.execute_async_v3(self.stream):
             raise CourseError("execute_async_v3 failed: see the engine's log above")
 
@@ -159,10 +176,10 @@ class OutputThread(threading.Thread):
 
 
 class ContextPipeline:
-    """Step 7's pipeline for one execution context on one optimization profile."""
+    """The pipeline of one execution context on one optimization profile, for the batches it is given."""
 
-    def __init__(self, run, batches, outputs, timer, profile):
-        self.run, self.batches = run, batches
+    def __init__(self, run, batches, outputs, timer, profile, batch_indices):
+        self.run, self.batches, self.batch_indices = run, batches, batch_indices
         self.context = run.engine.create_execution_context()
         self.copy_stream, self.compute_stream = cuda.create_stream(), cuda.create_stream()
         # Select the profile first: input shapes and addresses are set for the active profile.
@@ -170,10 +187,7 @@ class ContextPipeline:
             self.context.set_optimization_profile_async(profile, self.compute_stream)
         except RuntimeError as error:
             raise CourseError(f"could not select optimization profile {profile}: {error}") from None
-        self.batch_indices = [index for index, images in enumerate(batches)
-                              if run.loaded.profile_for(len(images)) == profile]
-        largest = max(len(batches[index]) for index in self.batch_indices)
-        self.buffers = allocate(self.context, run, largest)
+        self.buffers = allocate(self.context, run, max(len(batches[index]) for index in batch_indices))
         self.graphs = InferenceGraphs(self.context, self.compute_stream, run)
         self.timer = timer
         self.output_thread = OutputThread(self.buffers[2], outputs, timer)
@@ -186,10 +200,9 @@ class ContextPipeline:
                 infer(self.graphs, self.compute_stream, self.buffers, slot, self.buffers[2][0], len(first))
             cuda.synchronize(self.compute_stream)
 
-    def drive(self):
-        """The batch loop of step 7, over the batches of this pipeline's profile; runs on its own thread."""
+    def drive(self, claim_next):
+        """The batch loop over the batch indices `claim_next()` returns, until it returns None."""
         slots, output_thread = self.buffers[0], self.output_thread
-        claim_next = batch_queue(self.batch_indices)
         output_thread.start()
         index, count = claim_next(), 0
         if index is not None:
@@ -223,6 +236,54 @@ def batch_queue(indices):
     return claim_next
 
 
+def routes(loaded, batches):
+    """(profile, its batches' indices) for every profile some batch goes to: the profile that holds its size."""
+    by_profile = {}
+    for index, images in enumerate(batches):
+        by_profile.setdefault(loaded.profile_for(len(images)), []).append(index)
+    return sorted(by_profile.items())
+
+
+def run_pipelines(run, batches, outputs, timer, profile_routes):
+    """The timed run: a pipeline per (profile, batch indices), warmed up first, each on its own thread."""
+    pipelines = [ContextPipeline(run, batches, outputs, timer, profile, indices) for profile, indices in profile_routes]
+    for pipeline in pipelines:
+        pipeline.warm_up()
+
+    with concurrent.futures.ThreadPoolExecutor(len(pipelines), thread_name_prefix="context") as pool:
+        for done in [pool.submit(pipeline.drive, batch_queue(pipeline.batch_indices)) for pipeline in pipelines]:
+            done.result()  # re-raises a pipeline thread's exception here
+
+
+# ---------------------------------------------------------------------------------------------------
+# What the profiles buy: the same workload and pipelines on an engine with one profile
+
+def check_one_profile_engine(args):
+    """Step 4's engine file (or --one-profile-engine), checked before the GPU (the batch sizes after this step's
+    own engine's: see main)."""
+    backend = engines.resolve_backend(args.backend)
+    return engines.check_file(backend, args.one_profile_engine or build.engine_path(ONE_PROFILE_ENGINE, backend),
+                              "fp16")
+
+
+def run_on_one_profile(args, run, batches, engine_file, profile_routes, figures):
+    """The timed run again, the same batches and pipelines, every context on the one-profile engine's profile 0."""
+    one_profile = engines.load(run.loaded.backend, engine_file.path, "fp16", run.device, checked=engine_file)
+    outputs = [None] * len(batches)
+    timer = results.Timer(args.batches, args.repeats, traced=False)
+    with nvtx.phase("one profile"):
+        run_pipelines(one_profile, batches, outputs, timer, [(0, indices) for _, indices in profile_routes])
+    own = results.steady_figures(timer, sum(map(len, batches)) / len(batches))
+    return {"engine": str(engine_file.path), "profiles": [list(p) for p in engine_file.profiles], **own,
+            **results.versus(figures, own), "check": results.check_outputs(outputs, run.reference, "fp16")}
+
+
+def print_one_profile(row, median_ms):
+    verdict = "within noise" if row["within_noise"] else f"{row['speedup']:.2f}x"
+    print(f"the same workload on one profile ({row['engine']}): {row['median_ms_per_batch']:.3f} ms per batch "
+          f"against {median_ms:.3f} with two profiles ({verdict})")
+
+
 def mixed_sizes(args):
     """Every other batch small: the sizes of args.batches batches alternating --batch-size and --small-batch-size."""
     return [args.batch_size if index % 2 == 0 else args.small_batch_size for index in range(args.batches)]
@@ -237,23 +298,30 @@ def mixed_batches(args):
 
 def main():
     parser = cli.parser(__doc__)
-    parser.add_argument("--small-batch-size", type=cli.whole_number(1), default=16, help="images per small batch (default 16)")
+    parser.add_argument("--small-batch-size", type=cli.whole_number(1), default=16,
+                        help="images per small batch (default 16)")
+    parser.add_argument("--one-profile-engine", type=cli.non_empty_path,
+                        help=f"the engine the comparison runs (default: {ONE_PROFILE_ENGINE} under engines/)")
     args = parser.parse_args()
+    one_profile_file = check_one_profile_engine(args)
     run = workload.prepare(args, ENGINE, precision="fp16", batch_sizes=mixed_sizes(args),
                            make_batches=lambda: mixed_batches(args), profile=None)
+    for batch_size in sorted(set(mixed_sizes(args))):  # its one profile must take every batch of the workload
+        one_profile_file.check_batch(batch_size, profile=0)
     batches = cuda.pinned_copies(run.batches)  # as if the data were loaded there
     outputs = [None] * len(batches)
-    profiles = range(run.engine.num_optimization_profiles)
     timer = results.Timer(args.batches, args.repeats)
-    pipelines = [ContextPipeline(run, batches, outputs, timer, profile) for profile in profiles
-                 if any(run.loaded.profile_for(len(images)) == profile for images in batches)]
-    for pipeline in pipelines:
-        pipeline.warm_up()
+    profile_routes = routes(run.loaded, batches)
+    run_pipelines(run, batches, outputs, timer, profile_routes)
 
-    with concurrent.futures.ThreadPoolExecutor(len(pipelines), thread_name_prefix="context") as pool:
-        for done in [pool.submit(pipeline.drive) for pipeline in pipelines]:
-            done.result()  # re-raises a pipeline thread's exception here
-    results.finish(__doc__, args, run, timer, outputs)
+    held = memory.held(run.loaded)  # the timed run's; the comparison loads an engine of its own
+    figures = results.steady_figures(timer, sum(map(len, batches)) / len(batches))
+    one_profile = run_on_one_profile(args, run, batches, one_profile_file, profile_routes, figures)
+    print_one_profile(one_profile, figures["median_ms_per_batch"])
+    results.finish(__doc__, args, run, timer, outputs, held=held, extra={"one_profile": one_profile})
+    if not one_profile["check"]["passed"]:
+        raise CourseError(f"the one-profile run's outputs differ from the PyTorch reference: "
+                          f"{one_profile['check']['summary']}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ PROFILE_ARGS ?= --repeats 2
 STEPS := 1_baseline 2_reuse_buffers 3_use_pin_memory 4_use_fp16 5_multi_streams 6_multi_threads \
          7_cuda_graph 8_multi_context 9_multi_profiles
 # Beyond the ladder but run and profiled with it: same workload and timing, compared with step 8, not a rung.
-AFTER_LADDER := 12_gpu_preprocessing
+AFTER_LADDER := 12_gpu_preprocessing 13_int8
 NSYS ?= nsys
 # The source tutorial's options; --sample=none --cpuctxsw=none keep nsys from writing gigabytes of
 # CPU samples. --gpu-metrics-devices needs permission to read GPU counters: drop it if nsys refuses.
@@ -59,6 +59,7 @@ build: backend-valid $(SETUP)
 	$(RUN) 0_build.py --precision fp16 --profile 1:16:32 --profile 33:128:128 --name resnet18_fp16_2profiles
 	$(RUN) 0_build.py --precision fp16 --profile 1:256:1024 --name resnet18_fp16_wide
 	$(RUN) 0_build.py --precision fp16 --input uint8 --name resnet18_fp16_uint8
+	$(RUN) 0_build.py --precision int8
 
 # The GPU is checked first, as nsys is for profile-all: without one, the build would cost a minute for nothing.
 run-all: backend-valid gpu-available

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from common import data
+from common import data, int8
 from common.errors import CourseError
 
 INPUT_NAME = "input"
@@ -59,6 +59,14 @@ def save_weights(source, seed, path=WEIGHTS_PATH):
     return path
 
 
+def weights_source():
+    """"seed" or "imagenet": what 0_build.py wrote the weights from (its record beside them); None where unknown."""
+    try:
+        return json.loads(metadata_path(WEIGHTS_PATH).read_text()).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def export_onnx(weights_path, precision, input_dtype, onnx_path, max_batch):
     """Export ResNet-18 with a dynamic batch axis (1..max_batch) through torch.export (the dynamo exporter)."""
     model = data.inference_model(data.load_model(weights_path), precision, input_dtype)
@@ -89,7 +97,9 @@ def build_tensorrt(onnx_path, image_shape, profiles, workspace_mib, verbose, com
     logger = tensorrt_logger()
     logger.min_severity = trt.Logger.INFO if verbose else trt.Logger.WARNING
     builder = trt.Builder(logger)
-    # Strongly typed: precisions come from the ONNX types (TensorRT 11 accepts nothing else).
+    # Strongly typed: precisions come from the ONNX types (TensorRT 11 accepts nothing else). INT8 too: its
+    # QuantizeLinear/DequantizeLinear nodes make it explicit quantization, which takes no INT8 flag and no
+    # calibrator (TensorRT 11 has neither; 10.x deprecates both), docs/tensorrt-notes.md section 18.
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
@@ -124,9 +134,10 @@ def tensorrt_logger():
 
 
 def build_engine(name, backend, precision, profiles, weights_path, workspace_mib=4096, verbose=False,
-                 device=None, input_dtype="float32", stand_in="compiled"):
+                 device=None, input_dtype="float32", stand_in="compiled", calibration=None):
     """Export, build and save one engine with its metadata; returns the engine file's path. `stand_in`: how the
-    PyTorch stand-in is to run, compiled (its cache is built here) or eager."""
+    PyTorch stand-in is to run, compiled (its cache is built here) or eager. `calibration`: for int8, the
+    calibration images ({"batches": N, "seed": S}, data.make_calibration_batches)."""
     started = time.perf_counter()
     target = engine_path(name, backend)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -135,8 +146,13 @@ def build_engine(name, backend, precision, profiles, weights_path, workspace_mib
     onnx_path = ENGINE_DIR / f"{name}.onnx"  # per engine: its batch range is part of the export
     max_batch = max(high for _, _, high in profiles)
     image_input = data.IMAGE_INPUTS[input_dtype]
-    print(f"exporting {onnx_path} (ResNet-18, {precision}, {image_input} input, batch 1..{max_batch}) ...")
-    export_onnx(weights_path, precision, input_dtype, onnx_path, max_batch)
+    if precision == "int8":
+        quantized, int8_record, calibration = calibrate_int8(weights_path, calibration)
+        print(f"exporting {onnx_path} (ResNet-18 with INT8 Q/DQ, {image_input} input) ...")
+        int8.export_onnx(quantized, onnx_path, INPUT_NAME, OUTPUT_NAME)
+    else:
+        print(f"exporting {onnx_path} (ResNet-18, {precision}, {image_input} input, batch 1..{max_batch}) ...")
+        export_onnx(weights_path, precision, input_dtype, onnx_path, max_batch)
     if backend == "tensorrt":
         print(f"building {target} with TensorRT: profiles {format_profiles(profiles)} ...")
         target.write_bytes(build_tensorrt(onnx_path, image_input.shape, profiles, workspace_mib, verbose, device[1]))
@@ -145,21 +161,25 @@ def build_engine(name, backend, precision, profiles, weights_path, workspace_mib
     else:
         from common import torch_engine
         print(f"writing the PyTorch stand-in's engine {target}: profiles {format_profiles(profiles)} ...")
-        shutil.copyfile(weights_path, target)  # the stand-in's "plan" is the weights themselves, and its compile cache
+        if precision == "int8":
+            int8.save(int8_record, target)  # the folded weights and the calibration's scales: no calibration to run
+        else:
+            shutil.copyfile(weights_path, target)  # the stand-in's "plan" is the weights themselves, and its compile cache
         stand_in_record = torch_engine.build(target, precision, profiles, image_input, data.file_digest(weights_path),
                                              stand_in)
         tensorrt_version = None
     write_metadata(target, backend, precision, profiles, weights_path, onnx_path, tensorrt_version, device, image_input,
-                   stand_in_record)
+                   stand_in_record, calibration if precision == "int8" else None)
     size_mib = target.stat().st_size / 2**20
     print(f"built {target} ({size_mib:.1f} MiB) in {time.perf_counter() - started:.1f} s")
     return target
 
 
 def write_metadata(target, backend, precision, profiles, weights_path, onnx_path, tensorrt_version=None, device=None,
-                   image_input=data.IMAGE_INPUTS["float32"], stand_in=None):
+                   image_input=data.IMAGE_INPUTS["float32"], stand_in=None, calibration=None):
     """Record what the finished engine file `target` was built from, beside it (<engine>.json). `stand_in`: what
-    torch_engine.build recorded of a stand-in's compile (None: eager, as asked); None for TensorRT."""
+    torch_engine.build recorded of a stand-in's compile (None: eager, as asked); None for TensorRT. `calibration`:
+    an INT8 engine's (calibrate_int8); None for the other precisions."""
     if backend == "torch" and stand_in is None:
         stand_in = EAGER_STAND_IN
     metadata = {
@@ -171,9 +191,24 @@ def write_metadata(target, backend, precision, profiles, weights_path, onnx_path
         "device": device[0] if device else None, "compute_capability": device[1] if device else None,
         "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "engine_bytes": target.stat().st_size, "engine_digest": data.file_digest(target), "stand_in": stand_in,
+        "calibration": calibration,
     }
     metadata_path(target).write_text(json.dumps(metadata, indent=2) + "\n")
     return metadata
+
+
+def calibrate_int8(weights_path, calibration):
+    """The INT8 network calibrated on its own images: (the fake-quantized module, what its stand-in's engine file
+    holds, what the metadata records of the calibration)."""
+    batches = data.make_calibration_batches(calibration["batches"], calibration["seed"])
+    quantizer = int8.quantizer_name()
+    print(f"calibrating INT8 with {quantizer} on {len(batches)} batches of {data.CALIBRATION_BATCH_SIZE} images "
+          f"(calibration seed {calibration['seed']}) ...")
+    started = time.perf_counter()
+    quantized, record = int8.calibrated(weights_path, batches)
+    print(f"calibrated {len(record['input_amax'])} quantized inputs and {len(record['weight_amax'])} weights in "
+          f"{time.perf_counter() - started:.1f} s")
+    return quantized, record, {**calibration, "batch_size": data.CALIBRATION_BATCH_SIZE, "quantizer": quantizer}
 
 
 def format_profiles(profiles):

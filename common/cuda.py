@@ -13,6 +13,7 @@ from common.errors import CourseError
 
 try:
     from cuda.bindings import runtime as cudart
+    from cuda.bindings import utils as cuda_utils
 except ImportError as error:  # at import time, before cli.run can turn a CourseError into one line
     sys.exit(f"error: cuda-python is missing ({error}): run `make setup`")
 
@@ -122,10 +123,15 @@ def memcpy_dtoh_async(host_array, device_address, stream):
                                  cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream))
 
 
+# cuda-bindings 13 deprecates int() of its handle objects for utils.get_cuda_native_handle; earlier releases
+# (the H200 machine's 13.3.1, maybe) have only int().
+native_handle = getattr(cuda_utils, "get_cuda_native_handle", int)
+
+
 def create_stream():
     """A non-blocking stream (no implicit sync with the legacy default stream), as the int handle that
     TensorRT's execute_async_v3 and cuda-python's calls both take."""
-    return int(check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking)))
+    return native_handle(check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking)))
 
 
 def destroy_stream(stream):

@@ -102,7 +102,8 @@ class Uint8Preprocessing(torch.nn.Module):
 
 
 def inference_model(model, precision, input_dtype):
-    """What an engine computes from `model`: the ONNX export and the stand-in both run this module."""
+    """What an engine computes from `model`: the ONNX export and the stand-in both run this module. (An int8
+    `model` is already fake-quantized, fp32 in and out: common/int8.py.)"""
     if precision == "fp16":
         model = Fp16Compute(model)
     if input_dtype == "uint8":
@@ -128,6 +129,19 @@ def normalize(images):
     pixels -= _MEAN
     pixels /= _STD
     return pixels
+
+
+CALIBRATION_BATCH_SIZE = 32
+_CALIBRATION_STREAM = 1  # the calibration images' random stream is (seed, 1), which no single --seed gives
+
+
+def make_calibration_batches(count, seed):
+    """INT8 calibration images: made and normalized as the timed images are, from a random stream of their own that
+    no seed of the timed images reproduces, so that INT8's accuracy is measured on images its calibration never
+    saw."""
+    rng = np.random.default_rng([seed, _CALIBRATION_STREAM])
+    return [normalize(rng.integers(0, 256, (CALIBRATION_BATCH_SIZE, *DECODED_SHAPE), dtype=np.uint8))
+            for _ in range(count)]
 
 
 def make_batches(count, batch_size, seed):

@@ -4,6 +4,7 @@ describe its I/O tensors.
 import dataclasses
 import json
 import sys
+import time
 import weakref
 from pathlib import Path
 
@@ -31,6 +32,13 @@ def resolve_backend(requested):
     if int(trt.__version__.split(".")[0]) not in SUPPORTED_TENSORRT:
         raise CourseError(f"TensorRT {trt.__version__} is not supported: the course needs TensorRT 10.x or 11.x")
     return "tensorrt"
+
+
+def accepted(done, what):
+    """TensorRT's setters (set_input_shape, set_tensor_address) return False and log why instead of raising: stop
+    there, rather than run with the shape or address that was set before."""
+    if not done:
+        raise CourseError(f"TensorRT refused {what}: see its log above")
 
 
 def backend_label(backend, stand_in=None):
@@ -110,6 +118,7 @@ class LoadedEngine(ProfileChecks):
     output: TensorSpec
     runtime: object = None  # TensorRT's runtime must outlive the engines it deserialized
     stand_in: str | None = None  # the stand-in's mode, "compiled" or "eager"; None for TensorRT
+    load_s: float = 0.0  # deserializing (the stand-in: loading its compile cache and compiling from it)
 
     @property
     def label(self):
@@ -134,6 +143,7 @@ def load(backend, path, precision, device, checked=None, input_dtype="float32"):
     engine_file = checked or check_file(backend, path, precision, input_dtype)
     path, metadata = engine_file.path, engine_file.metadata
     _check_device(metadata, path, backend, device)
+    started = time.perf_counter()
     if backend == "tensorrt":
         engine, runtime = _deserialize_tensorrt(path)
         nptype, stand_in = _tensorrt_nptype, None
@@ -142,7 +152,8 @@ def load(backend, path, precision, device, checked=None, input_dtype="float32"):
         engine = torch_engine.load_torch_engine(path, metadata, build.engine_input(metadata))
         runtime, nptype, stand_in = None, torch_engine.nptype, torch_engine.mode_of(engine)
     specs = _describe_io(engine, nptype)
-    return LoadedEngine(engine, metadata, path, backend, specs["input"], specs["output"], runtime, stand_in)
+    return LoadedEngine(engine, metadata, path, backend, specs["input"], specs["output"], runtime, stand_in,
+                        time.perf_counter() - started)
 
 
 def read_metadata(path):

@@ -9,7 +9,7 @@ the GPU never waits for the host between them or between kernels (one inference 
 time the host's kernel launches), after a warm-up; the median of a few such rounds, divided by the batches
 in a round.
 """
-from common import cuda, nvtx, stats
+from common import cuda, engine as engines, nvtx, stats
 from common.errors import CourseError
 
 # Recorded with each result (from its last commit on): floors measured before, one batch alone or without the
@@ -33,9 +33,9 @@ def measure(run, batch_size):
     input_address, output_address = cuda.malloc(images.nbytes), cuda.malloc(run.output.nbytes(batch_size))
     graph = None
     try:
-        context.set_input_shape(run.input.name, images.shape)
-        context.set_tensor_address(run.input.name, input_address)
-        context.set_tensor_address(run.output.name, output_address)
+        engines.accepted(context.set_input_shape(run.input.name, images.shape), "the input shape")
+        engines.accepted(context.set_tensor_address(run.input.name, input_address), "the input's address")
+        engines.accepted(context.set_tensor_address(run.output.name, output_address), "the output's address")
 
         def infer():
             if not context.execute_async_v3(stream):

@@ -18,11 +18,18 @@ PROCESS_STARTED = time.perf_counter()  # the step imports this module first: its
 TIMED_BATCHES = 3  # the source tutorial times the last three batches: its figure, and the timelines' window
 OUTPUT_COST_RUNS = 20
 
-# Pass criteria per engine precision: relative L2 error of all logits, and top-1 agreement with the fp32
-# reference. fp32 allows TF32 tensor-core math (TensorRT's and PyTorch's default for fp32 convolutions).
+# Pass criteria per engine precision: relative L2 error of all logits, top-1 agreement with the fp32 reference
+# and, where given, top-5 agreement (the reference's top class among the engine's five best). fp32 allows TF32
+# tensor-core math (TensorRT's and PyTorch's default for fp32 convolutions). INT8 rounds every convolution's input
+# and weights to 256 levels: on the course's weights its logits differ from fp32's by about 2% (1.8% measured on
+# the CPU over 1,280 images, calibrated on 256, with every top class kept), and a rounding that flips moves a
+# value by a whole INT8 step, so small differences of the fp32 arithmetic around it (TF32, another convolution
+# algorithm) grow through the network's 20 layers. The limits leave room for that, and still fail a broken
+# calibration (one wrong scale saturates or zeroes a layer: errors of the order of the logits themselves).
 TOLERANCES = {
     "fp32": {"max_rel_err": 5e-3, "min_top1": 0.99},
     "fp16": {"max_rel_err": 2e-2, "min_top1": 0.97},
+    "int8": {"max_rel_err": 1e-1, "min_top1": 0.95, "min_top5": 0.99},
 }
 
 
@@ -36,11 +43,12 @@ class Timer:
     is done, a time taken from a batch's *start* would also hold the work queued before it, and so penalize
     the pipeline for its depth. The figure the course ranks by is the median over the windows.
     The NVTX range "last 3 batches" marks the source tutorial's window (the last three results) and "all
-    batches" the whole timed run. Safe to call from several threads.
+    batches" the whole timed run. Safe to call from several threads. A timer with `traced=False` (a step's side
+    measurement after its timed run) marks no NVTX range and takes no memory sample: those are the timed run's.
     """
 
-    def __init__(self, batches, windows):
-        self.batches_per_window, self.windows = batches, windows
+    def __init__(self, batches, windows, traced=True):
+        self.batches_per_window, self.windows, self.traced = batches, windows, traced
         self._lock = threading.Lock()
         self._started = None
         self.startup_s = None
@@ -61,8 +69,9 @@ class Timer:
             if self._started is None:
                 self._started = now
                 self.startup_s = now - PROCESS_STARTED  # loading, compiling, buffers, warm-up: all before this
-                memory.driver.sample()  # everything is allocated and warmed up
-                self._run_range = nvtx.start("all batches")  # per-batch trace figures are read over this
+                if self.traced:
+                    memory.driver.sample()  # everything is allocated and warmed up
+                    self._run_range = nvtx.start("all batches")  # per-batch trace figures are read over this
             self._batch_starts[index] = now
 
     def batch_done(self, index):
@@ -71,6 +80,8 @@ class Timer:
             now = time.perf_counter()
             self._batch_ends.append(now)
             self._done_at[index] = now
+            if not self.traced:
+                return
             if len(self._batch_ends) == self.total_batches - TIMED_BATCHES:
                 self._window_range = nvtx.start(f"last {TIMED_BATCHES} batches")
             elif len(self._batch_ends) == self.total_batches:
@@ -142,11 +153,14 @@ def check_outputs(outputs, reference, precision):
     max_abs_err = float(np.abs(got - want).max())
     rel_err = float(np.linalg.norm(got - want) / np.linalg.norm(want))
     top1 = float((got.argmax(axis=1) == want.argmax(axis=1)).mean())
-    passed = bool(np.isfinite(got).all() and rel_err <= tolerance["max_rel_err"] and top1 >= tolerance["min_top1"])
+    top5 = float((top_classes(got, 5) == want.argmax(axis=1)[:, None]).any(axis=1).mean())
+    passed = bool(np.isfinite(got).all() and rel_err <= tolerance["max_rel_err"] and top1 >= tolerance["min_top1"]
+                  and top5 >= tolerance.get("min_top5", 0))
     summary = (f"relative error {rel_err:.1e} (limit {tolerance['max_rel_err']:.0e}), max abs error "
-               f"{max_abs_err:.1e}, top-1 agreement {top1:.2%} (limit {tolerance['min_top1']:.0%})")
+               f"{max_abs_err:.1e}, top-1 agreement {top1:.2%} (limit {tolerance['min_top1']:.0%}), top-5 agreement "
+               f"{top5:.2%}" + (f" (limit {tolerance['min_top5']:.0%})" if "min_top5" in tolerance else ""))
     return {"passed": passed, "max_abs_err": max_abs_err, "rel_err": rel_err, "top1_agreement": top1,
-            "tolerance": tolerance, "summary": summary}
+            "top5_agreement": top5, "tolerance": tolerance, "summary": summary}
 
 
 def finish(docstring, args, run, timer, outputs, extra=None, held=None):
@@ -171,17 +185,31 @@ def finish(docstring, args, run, timer, outputs, extra=None, held=None):
 
 def timings(timer, run):
     """The timed run's figures, as the JSON keeps them."""
-    windows = timer.windows_ms_per_batch
-    latencies = timer.latencies_ms()
     batch_starts_ms, results_done_ms = timer.timeline_ms()
     images_per_batch = sum(len(images) for images in run.batches) / len(run.batches)
+    return {
+        **steady_figures(timer, images_per_batch),
+        "last3_ms": timer.last3_ms, "total_ms": timer.total_ms, "startup_s": timer.startup_s,
+        "batch_starts_ms": batch_starts_ms, "results_done_ms": results_done_ms,
+    }
+
+
+def steady_figures(timer, images_per_batch):
+    """A timed run's steady-state figures: each window's ms per batch, their median and spread, images/s, and
+    the batches' latency percentiles. What a step's side measurement records of each of its runs."""
+    windows, latencies = timer.windows_ms_per_batch, timer.latencies_ms()
     return {
         "windows_ms_per_batch": windows, "median_ms_per_batch": stats.median(windows),
         "spread_pct": stats.spread_pct(windows), "images_per_s": images_per_batch / stats.median(windows) * 1e3,
         "latency_p50_ms": stats.percentile(latencies, 50), "latency_p99_ms": stats.percentile(latencies, 99),
-        "last3_ms": timer.last3_ms, "total_ms": timer.total_ms, "startup_s": timer.startup_s,
-        "batch_starts_ms": batch_starts_ms, "results_done_ms": results_done_ms,
     }
+
+
+def versus(figures, baseline):
+    """How `figures` (steady_figures) compare with `baseline`'s: the speedup of their medians, and whether the
+    windows' ranges overlap (then the difference is within noise, neither a gain nor a loss)."""
+    return {"speedup": baseline["median_ms_per_batch"] / figures["median_ms_per_batch"],
+            "within_noise": stats.within_noise(figures["windows_ms_per_batch"], baseline["windows_ms_per_batch"])}
 
 
 def print_result(result, timer):
@@ -192,7 +220,8 @@ def print_result(result, timer):
           f"{result['images_per_s']:,.0f} images/s\n"
           f"  batch latency p50 {result['latency_p50_ms']:.2f} ms, p99 {result['latency_p99_ms']:.2f} ms; last "
           f"{TIMED_BATCHES} batches {result['last3_ms']:.2f} ms (the source tutorial's figure); start-up "
-          f"{result['startup_s']:.1f} s (load, compile, buffers, warm-up)\n"
+          f"{result['startup_s']:.1f} s (of which loading the engine {result['load_s']:.1f} s; then buffers, "
+          "warm-up)\n"
           f"  floor (each on its own, batches back to back on one stream, CUDA events): H2D {floor['h2d_ms']:.2f} ms, "
           f"inference {floor['inference_ms']:.2f} ms per batch; this step takes "
           f"{result['median_ms_per_batch'] / max(floor.values()):.2f}x the larger\n"
@@ -211,7 +240,7 @@ def step_record(docstring, loaded, device):
     return {
         "step": int(stem.split("_")[0]), "stem": stem, "title": title, "lesson": lesson,
         "backend": loaded.backend, "backend_label": loaded.label, "stand_in": loaded.stand_in,
-        "engine": str(loaded.path),
+        "engine": str(loaded.path), "load_s": loaded.load_s,
         "precision": loaded.metadata["precision"], "device": device[0],
     }
 

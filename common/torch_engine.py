@@ -222,9 +222,11 @@ class TorchExecutionContext:
 
 def inference_module(weights_path, precision, image_input):
     """The module the ONNX export runs (data.inference_model), with every BatchNorm folded into its convolution
-    (in fp32, before any cast), on the GPU."""
+    (in fp32, before any cast), on the GPU. An int8 engine file holds that module's folded weights and the
+    calibration's scales, from which common/int8.py rebuilds it fake-quantized: INT8's numbers in fp32 kernels."""
+    from common import int8
     try:
-        folded = fuse(data.load_model(weights_path))
+        folded = int8.load(weights_path) if precision == "int8" else fuse(data.load_model(weights_path))
         model = data.inference_model(folded, precision, image_input.dtype).cuda()
         if precision == "fp16":
             # channels-last lets cuDNN pick tensor-core kernels without layout transposes, as TensorRT would.

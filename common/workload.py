@@ -22,7 +22,8 @@ class Workload:
     reference: list  # the fp32 PyTorch logits of each of them
 
 
-def prepare(args, engine_name, precision, batch_sizes=None, make_batches=None, profile=0, input_dtype="float32"):
+def prepare(args, engine_name, precision, batch_sizes=None, make_batches=None, profile=0, input_dtype="float32",
+            later_batch_sizes=()):
     """Everything a step needs, checked, so that its main() holds only its lesson.
 
     `batch_sizes` and `make_batches()` override the default workload (args.batches batches of args.batch_size
@@ -30,7 +31,8 @@ def prepare(args, engine_name, precision, batch_sizes=None, make_batches=None, p
     times (one timed window each, see results.Timer). `profile` is the optimization profile the step's
     contexts use (a new context starts on profile 0); None for a step that picks a profile per batch.
     `input_dtype` is what the step sends the engine: float32 (the ladder's normalized images) or uint8 (the
-    same images as decoded, step 12).
+    same images as decoded, step 12). `later_batch_sizes`: sizes the step runs after its timed run (a comparison),
+    checked against the profile with the others.
     """
     backend = engines.resolve_backend(args.backend)
     # Every check that needs no GPU comes first: a wrong path, a stale engine or a batch it cannot take is one
@@ -39,7 +41,7 @@ def prepare(args, engine_name, precision, batch_sizes=None, make_batches=None, p
                                      input_dtype)
     cli.check_writable_directory(args.reports, "--reports")
     batch_sizes = batch_sizes or [args.batch_size] * args.batches
-    for batch_size in sorted(set(batch_sizes)):
+    for batch_size in sorted({*batch_sizes, *later_batch_sizes}):
         engine_file.check_batch(batch_size, profile)
     check_host_memory(sum(batch_sizes))
     device = cuda.require_gpu()

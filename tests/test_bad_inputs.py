@@ -35,6 +35,7 @@ LADDER = ["1_baseline", "2_reuse_buffers", "3_use_pin_memory", "4_use_fp16", "5_
           "7_cuda_graph", "8_multi_context", "9_multi_profiles"]
 TORCH = ("--backend", "torch")  # so that no row depends on BACKEND in the environment of the tests
 HUGE = str(10**30)
+INT8_ENGINE = "resnet18_int8"  # step 13's, which the scratch course gets here (make_course_with_int8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,7 +205,9 @@ def engine_values(precision):
                 edited_metadata(backend="tensorrt")),
         damaged("was built from other weights", "an engine built from other weights",
                 edited_metadata(weights_digest="0" * 16)),
-    ]
+    ] + ([] if precision == "int8" else [
+        Bad(f"engines/{INT8_ENGINE}.torch.pt", f"this step needs an {precision} engine but engines/{INT8_ENGINE}"
+            ".torch.pt is int8", "an INT8 engine", usage=False)])
 
 
 def weights_states():
@@ -251,8 +254,16 @@ def step_script(stem, outside_profile="is outside optimization profile 0", extra
 
 def multi_profile_step():
     outside = "is outside every profile"
-    return step_script("9_multi_profiles", outside, extra={"--small-batch-size": whole_number_values(
-        1, too_large=Bad("100000", outside, "huge (outside the engine's profiles)", usage=False))})
+    return step_script("9_multi_profiles", outside, extra={
+        "--small-batch-size": whole_number_values(
+            1, too_large=Bad("100000", outside, "huge (outside the engine's profiles)", usage=False)),
+        "--one-profile-engine": engine_values("fp16")[:5]})  # the files; a damaged one is --engine's case
+
+
+def multi_context_step():
+    outside = "is outside optimization profile 0"
+    return step_script("8_multi_context", extra={"--small-batch-size": whole_number_values(
+        1, too_large=Bad("100000", outside, "huge (outside the engine's profile)", usage=False))})
 
 
 def sweep_step():
@@ -278,6 +289,11 @@ def dynamic_batching_step():
         Bad("1e9", requests, "huge (more requests than a run can hold)"),
         Bad("1e-9", requests, "so short that a run expects no request")]
     return Script(options, step.ENGINE)
+
+
+def int8_step():
+    """Step 13: the ladder's options, on the INT8 engine (which conftest's STAND_IN_ENGINES does not list)."""
+    return Script(step_options("int8", "is outside optimization profile 0"), steps.load("13_int8").ENGINE)
 
 
 def gpu_preprocessing_step():
@@ -310,6 +326,13 @@ def build_script():
             Bad("x" * 250, "is too long", "too long for a file name")],
         "--seed": whole_number_values(0, cli.MAX_SEED),
         "--workspace-mib": whole_number_values(1, step.MAX_WORKSPACE_MIB),
+        # Without --precision int8 (the rows' default is fp32), even a good value is refused.
+        "--calibration-batches": whole_number_values(1, step.MAX_CALIBRATION_BATCHES) + [
+            Bad("4", "--calibration-batches is for an INT8 build: add --precision int8", "without --precision int8",
+                usage=False)],
+        "--calibration-seed": whole_number_values(0, cli.MAX_SEED) + [
+            Bad("1", "--calibration-seed is for an INT8 build: add --precision int8", "without --precision int8",
+                usage=False)],
     })
 
 
@@ -368,11 +391,13 @@ def report_script():
 
 SCRIPTS = {
     "0_build": build_script(),
-    **{stem: step_script(stem) for stem in LADDER if stem != "9_multi_profiles"},
+    **{stem: step_script(stem) for stem in LADDER if stem not in ("8_multi_context", "9_multi_profiles")},
+    "8_multi_context": multi_context_step(),
     "9_multi_profiles": multi_profile_step(),
     "10_batch_size_sweep": sweep_step(),
     "11_dynamic_batching": dynamic_batching_step(),
     "12_gpu_preprocessing": gpu_preprocessing_step(),
+    "13_int8": int8_step(),
     "common.report": report_script(),
 }
 
@@ -398,9 +423,20 @@ CASES = cases()
 # ---------------------------------------------------------------------------------------------------
 # The rows, run in this process
 
+def make_course_with_int8(directory):
+    """conftest's scratch course, with step 13's INT8 engine beside the others (its metadata, and the few bytes
+    that stand in for the file, as make_course writes them)."""
+    course = make_course(directory)
+    weights, target = course / build.WEIGHTS_PATH, course / build.engine_path(INT8_ENGINE, "torch")
+    shutil.copyfile(weights, target)
+    build.write_metadata(target, "torch", "int8", [(1, 128, 128)], weights, build.ENGINE_DIR / f"{INT8_ENGINE}.onnx",
+                         calibration={"batches": 8, "seed": 0, "batch_size": 32, "quantizer": "test"})
+    return course
+
+
 @pytest.fixture
 def course(tmp_path):
-    return make_course(tmp_path / "course")
+    return make_course_with_int8(tmp_path / "course")
 
 
 def entry_point(script):
@@ -463,6 +499,10 @@ ENTRY_POINT_CASES = [
                                "BACKEND='bogus' in the environment", usage=False), env=(("BACKEND", "bogus"),)),
     Case("4_use_fp16", (*TORCH, "--engine", "engines/resnet18_fp32.torch.pt"),
          Bad(None, "this step needs an fp16 engine", "--engine an engine of the other precision", usage=False)),
+    Case("13_int8", (*TORCH, "--engine", "engines/resnet18_fp16.torch.pt"),
+         Bad(None, "this step needs an int8 engine", "--engine an engine of another precision", usage=False)),
+    Case("0_build", (*TORCH, "--precision", "int8", "--input", "uint8"),
+         Bad(None, "--precision int8 takes --input float32 only", "--precision int8 with --input uint8", usage=False)),
     Case("9_multi_profiles", (*TORCH, "--small-batch-size", "0"),
          Bad(None, "must be at least 1", "--small-batch-size zero")),
     Case("10_batch_size_sweep", (*TORCH, "--batch-size", "100000"),

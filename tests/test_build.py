@@ -2,7 +2,9 @@
 import json
 import re
 import shutil
+import subprocess
 import sys
+import time
 import types
 
 import numpy as np
@@ -11,26 +13,31 @@ import onnxruntime
 import pytest
 import torch
 
-from common import build, data, engine
+from common import build, data, engine, int8
 from common.errors import CourseError
 from conftest import make_course, run_script
 
 BUILD_OUTPUT = {}  # the 0_build.py arguments, joined -> what the built fixture's 0_build.py printed
 
 
+BUILDS = (["--precision", "fp32"], ["--precision", "fp16"], ["--precision", "fp16", "--input", "uint8"],
+          ["--precision", "int8", "--calibration-batches", "1"])  # one batch of 32: the same path, in seconds
+EXPORTS = ["resnet18_fp32", "resnet18_fp16", "resnet18_fp16_uint8", "resnet18_int8"]
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """The stand-in's fp32 and fp16 engines and step 12's uint8-input fp16 engine, built by 0_build.py in a
-    scratch directory (no GPU needed)."""
+    """The stand-in's fp32 and fp16 engines, step 12's uint8-input fp16 engine and step 13's INT8 engine, built by
+    0_build.py in a scratch directory (no GPU needed)."""
     workdir = tmp_path_factory.mktemp("course")
-    for args in (["--precision", "fp32"], ["--precision", "fp16"], ["--precision", "fp16", "--input", "uint8"]):
+    for args in BUILDS:
         result = run_script("0_build.py", "--backend", "torch", *args, cwd=workdir)
         assert result.returncode == 0, result.stderr
         BUILD_OUTPUT[" ".join(args)] = result
     return workdir
 
 
-@pytest.mark.parametrize("build_args", ["--precision fp32", "--precision fp16", "--precision fp16 --input uint8"])
+@pytest.mark.parametrize("build_args", [" ".join(args) for args in BUILDS])
 def test_build_prints_no_warning(built, build_args):
     """The exporter's own FutureWarning (about torch's pytree internals) is silenced at the export, and only it."""
     result = BUILD_OUTPUT[build_args]
@@ -124,6 +131,55 @@ def test_ladder_batches_are_the_uint8_images_normalized_on_the_host():
     # what the uint8 engine does on the GPU, in PyTorch on the CPU: the same numbers as the host's
     on_device = data.Uint8Preprocessing(torch.nn.Identity())(torch.from_numpy(images[0])).numpy()
     np.testing.assert_array_equal(on_device, batches[0])
+
+
+@pytest.mark.parametrize("name", EXPORTS)
+def test_every_onnx_export_passes_polygraphys_lint(built, name, tmp_path):
+    """NVIDIA Polygraphy's ONNX checker (ONNX's checker, then every node run in ONNX Runtime on the CPU): no
+    failing node in any model the course builds. 3 s each on two CPU cores, up to 18 s when they are busy."""
+    report = tmp_path / "lint.json"
+    started = time.perf_counter()
+    command = [sys.executable, "-c", "import sys; from polygraphy.tools import main; sys.exit(main())"]  # its script
+    result = subprocess.run([*command, "check", "lint", str(built / f"engines/{name}.onnx"), "-o", str(report)],
+                            text=True, capture_output=True, timeout=300)
+    seconds = time.perf_counter() - started
+    assert result.returncode == 0 and "PASSED" in result.stdout + result.stderr, result.stdout + result.stderr
+    summary = json.loads(report.read_text())["summary"]
+    assert summary["passing"] and not summary["failing"], (summary["failing"], seconds)
+
+
+def test_int8_metadata_records_its_calibration(built):
+    metadata = json.loads((built / "engines/resnet18_int8.torch.pt.json").read_text())
+    assert metadata["precision"] == "int8" and metadata["onnx"] == "engines/resnet18_int8.onnx"
+    calibration = metadata["calibration"]
+    assert (calibration["batches"], calibration["seed"], calibration["batch_size"]) == (1, 0, 32)
+    assert calibration["quantizer"] == int8.quantizer_name()
+    assert json.loads((built / "engines/resnet18_fp16.torch.pt.json").read_text())["calibration"] is None
+
+
+@pytest.mark.parametrize("args, up_to_date", [(["--calibration-batches", "1"], True),
+                                              (["--calibration-batches", "1", "--calibration-seed", "0"], True),
+                                              (["--calibration-batches", "2"], False),
+                                              (["--calibration-batches", "1", "--calibration-seed", "5"], False)])
+def test_int8_engine_is_rebuilt_when_its_calibration_changes(built, monkeypatch, args, up_to_date):
+    """0_build.py's up-to-date check, as it is asked from the command line (no build runs here)."""
+    from common import steps
+    step = steps.load("0_build")
+    monkeypatch.chdir(built)
+    monkeypatch.setattr(sys, "argv", ["0_build.py", "--backend", "torch", "--precision", "int8", *args])
+    calibration = step.calibration_of(step.parse_args())
+    path = build.engine_path("resnet18_int8", "torch")
+    assert step.is_up_to_date(path, "torch", "int8", [(1, 128, 128)], None, "float32", "compiled",
+                              calibration) is up_to_date
+
+
+@pytest.mark.parametrize("name, precision", [("resnet18_int8", "fp32"), ("resnet18_int8", "fp16"),
+                                             ("resnet18_fp16", "int8"), ("resnet18_fp32", "int8")])
+def test_an_int8_engine_and_a_step_of_another_precision_refuse_each_other(built, monkeypatch, name, precision):
+    with pytest.raises(CourseError) as refused:
+        check(built, monkeypatch, build.engine_path(name, "torch"), precision=precision)
+    assert f"this step needs an {precision} engine but engines/{name}.torch.pt is" in str(refused.value)
+    assert "\n" not in str(refused.value)
 
 
 def test_metadata_records_what_the_engine_was_built_from(built):

@@ -61,7 +61,7 @@ def test_profile_all_uses_the_source_tutorials_nsys_options():
                    "--cuda-graph-trace=node", "--gpu-metrics-devices=all", "-o reports/$step", "1_baseline",
                    "9_multi_profiles", "--sample=none"):
         assert option in dry_run, option
-    assert "9_multi_profiles 12_gpu_preprocessing;" in dry_run  # beyond the ladder, after it
+    assert "9_multi_profiles 12_gpu_preprocessing 13_int8;" in dry_run  # beyond the ladder, after it
     overridden = make("-n", "profile-all", "PYTHON=python3", "NSYS_FLAGS=-t cuda,nvtx -f true").stdout
     assert "-t cuda,nvtx -f true -o reports/$step" in overridden and "--cudabacktrace" not in overridden
 
@@ -69,7 +69,7 @@ def test_profile_all_uses_the_source_tutorials_nsys_options():
 def test_build_makes_step12s_engine_and_run_all_runs_step12():
     dry_run = make("-n", "run-all", "PYTHON=python3", "BACKEND=torch").stdout
     assert "0_build.py --precision fp16 --input uint8 --name resnet18_fp16_uint8" in dry_run
-    assert "9_multi_profiles 12_gpu_preprocessing;" in dry_run
+    assert "9_multi_profiles 12_gpu_preprocessing 13_int8;" in dry_run
 
 
 def test_profile_all_without_nsys_stops_before_the_build():

@@ -55,6 +55,26 @@ def test_step_runs_and_matches_the_reference(workdir, step):
     assert held["peak_in_use_mib"] >= held["weights_mib"] + sum(held["activations_mib"]) + held["buffers_mib"]
     assert "GPU memory: weights" in result.stdout
     assert "windows of 4 batches" in result.stdout and "floor (each on its own" in result.stdout
+    check_lesson_figures(step, saved)
+
+
+def check_lesson_figures(step, saved):
+    """What steps 3, 8 and 9 measure beside their timed run, to show their lesson's cost or where it pays."""
+    if step == "3_use_pin_memory":
+        staging = saved["staging"]
+        assert len(staging["windows_ms"]) == 2 and staging["ms_per_batch"] > 0
+        assert staging["per_image_us"] == pytest.approx(staging["ms_per_batch"] * 1e3 / 32)
+    if step == "8_multi_context":
+        rows = saved["contexts_compared"]["rows"]
+        assert [row["batch_size"] for row in rows] == [32, 16]
+        for row in rows:
+            one, two = row["one_context"], row["two_contexts"]
+            assert one["check"]["passed"] and two["check"]["passed"] and len(two["windows_ms_per_batch"]) == 2
+            assert row["speedup"] == pytest.approx(one["median_ms_per_batch"] / two["median_ms_per_batch"])
+    if step == "9_multi_profiles":
+        one_profile = saved["one_profile"]
+        assert one_profile["check"]["passed"] and one_profile["profiles"] == [[1, 128, 128]]
+        assert one_profile["engine"].endswith("resnet18_fp16.torch.pt") and one_profile["median_ms_per_batch"] > 0
 
 
 def test_fp16_holds_less_than_fp32_and_a_second_context_adds_a_pool(workdir):
@@ -219,6 +239,26 @@ def test_graph_replay_equals_eager_and_recaptures_on_a_new_shape(workdir, monkey
     assert graphs.capturable and sorted(size for _, size in graphs.graphs) == [32, 64]  # one capture per shape
 
 
+def test_each_replay_sets_the_contexts_shape_and_address_back_to_its_graphs(workdir, monkeypatch):
+    """TensorRT ties a graph to the context's state at its capture: a replay after another capture changed the
+    context's input shape or address must first set them back (issue 19, hazard a)."""
+    module, cuda, context, stream, run, slot, output = graph_fixture(workdir, monkeypatch)
+    from common import data
+    other = module.InputSlot(cuda.malloc(run.input.nbytes(64)), cuda.create_event(), cuda.create_event())
+    graphs = module.InferenceGraphs(context, stream, run)
+    replays, launch_graph = [], cuda.launch_graph
+
+    def recorded(graph, on_stream):
+        replays.append((context._addresses[run.input.name], context.get_tensor_shape(run.input.name)[0]))
+        launch_graph(graph, on_stream)
+    monkeypatch.setattr(module.cuda, "launch_graph", recorded)
+    for used, size in ((slot, 32), (other, 64), (slot, 32), (other, 32)):
+        cuda.memcpy_htod(used.address, data.make_batches(1, size, seed=size)[0])
+        graphs.launch(used, size)
+    cuda.synchronize(stream)
+    assert replays == [(slot.address, 32), (other.address, 64), (slot.address, 32), (other.address, 32)]
+
+
 def test_uncapturable_engine_falls_back_with_a_note(workdir, monkeypatch, capsys):
     module, cuda, context, stream, run, slot, output = graph_fixture(workdir, monkeypatch)
     graphs = module.InferenceGraphs(context, stream, run)
@@ -341,3 +381,27 @@ def test_engine_with_the_wrong_input_type_is_refused_in_one_line(workdir, step, 
     result = run_script(f"{step}.py", *SMALL, *args, cwd=workdir)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert message in result.stderr.strip().splitlines()[-1], result.stderr
+
+
+def test_step13_runs_the_int8_engine_on_step8s_pipeline_and_reports_its_accuracy(workdir):
+    """Step 13 end to end on the stand-in's INT8 engine (calibrated at build time on 2 batches of 32 images): the
+    ladder's fields, INT8's accuracy against fp32 within its own limits, and a time that does not claim to be
+    INT8's. Then each side refuses the other's engine in one line."""
+    built = run_script("0_build.py", "--backend", "torch", "--precision", "int8", "--calibration-batches", "2",
+                       cwd=workdir)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    result = run_script("13_int8.py", *SMALL, cwd=workdir)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    saved = json.loads((workdir / "reports" / "13_int8.json").read_text())
+    assert LADDER_FIELDS <= saved.keys() and saved["step"] == 13 and saved["builds_on"] == "8_multi_context"
+    assert saved["precision"] == "int8" and saved["check"]["passed"] and "not TensorRT" in saved["backend_label"]
+    accuracy = saved["accuracy"]
+    assert accuracy["passed"] and accuracy["tolerance"] == {"max_rel_err": 1e-1, "min_top1": 0.95, "min_top5": 0.99}
+    assert 0 < accuracy["rel_err"] <= 1e-1 and 0.95 <= accuracy["top1_agreement"] <= accuracy["top5_agreement"] <= 1
+    int8 = saved["int8"]
+    assert (int8["calibration_batches"], int8["calibration_seed"], int8["speed_is_int8"]) == (2, 0, False)
+    assert int8["quantizer"] and "not INT8's" in int8["note"] and "not INT8's" in result.stdout
+    for step, engine in (("13_int8", "resnet18_fp16"), ("4_use_fp16", "resnet18_int8")):
+        refused = run_script(f"{step}.py", *SMALL, "--engine", f"engines/{engine}.torch.pt", cwd=workdir)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+        assert "this step needs an" in refused.stderr.strip().splitlines()[-1], refused.stderr

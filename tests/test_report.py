@@ -1,4 +1,5 @@
-"""Tests of the report: common/report/nsys_trace.py (trace figures), common/report/summary.py (the summary), common/report/plots.py (ladder, timelines) and tools/trim_nsys_sqlite.py.
+"""Tests of the report: common/report/nsys_trace.py (trace figures), common/report/summary.py (the results page
+README.md and the short summary.md), common/report/plots.py (ladder, timelines) and tools/trim_nsys_sqlite.py.
 
 The traces are real Nsight Systems SQLite exports made on the lent H100 (nsys 2025.3.1) and trimmed
 with tools/trim_nsys_sqlite.py:
@@ -568,7 +569,7 @@ def test_summary_ranks_by_the_median_and_marks_noise(tmp_path, no_nsys):
     assert [row[2:5] for row in rows] == [["21.00", "20.00–25.00", "23.8 ⚠"], ["20.00", "19.00–20.50", "7.5"],
                                          ["10.10", "10.00–10.20", "2.0"]]
     assert rows[1][7] == "within noise (1.05×)" and rows[2][7] == "1.98× faster"
-    assert rows[0][8] == "20.50 / 30.25" and rows[1][8] == "–"
+    assert rows[0][8] == "20.50 / 30.25" and rows[1][8] == "not measured"
 
 
 def test_without_nsys_every_step_says_what_could_not_be_read(tmp_path, no_nsys, capsys):
@@ -583,9 +584,9 @@ def test_without_nsys_every_step_says_what_could_not_be_read(tmp_path, no_nsys, 
     assert [line for line in lines if line.startswith("report: 2_reuse_buffers:")] == [
         f"report: 2_reuse_buffers: no trace figures: no {tmp_path}/2_reuse_buffers.nsys-rep "
         "(profile the step with `make profile-all` for trace figures)"]
-    summary = (tmp_path / "summary.md").read_text()
-    assert "nsys is not on PATH" in summary and "make profile-all" in summary
-    assert "| step | H2D" not in summary  # no table of dashes
+    page = (tmp_path / "README.md").read_text()
+    assert "nsys is not on PATH" in page and "make profile-all" in page
+    assert "| step | H2D" not in page  # no table of dashes
     assert (tmp_path / "ladder.png").exists() and not list(tmp_path.glob("timeline_*.png"))
 
 
@@ -596,8 +597,8 @@ def test_a_run_without_nsys_says_so_once_and_has_no_trace_table(tmp_path, no_nsy
     notes = [line for line in capsys.readouterr().out.splitlines() if "profil" in line]
     assert notes == [f"report: no step was profiled (no .nsys-rep in {tmp_path}/): `make profile-all` adds the "
                      "trace figures"]
-    summary = (tmp_path / "summary.md").read_text()
-    assert "| step | H2D" not in summary and "| step | GPU compute" not in summary
+    page = (tmp_path / "README.md").read_text()
+    assert "| step | H2D" not in page and "| step | GPU compute" not in page
 
 
 def test_stand_in_backend_is_flagged(tmp_path, no_nsys):
@@ -669,7 +670,7 @@ def memory_run(directory):
 
 def test_the_memory_table_shows_each_step_and_what_its_lesson_changes(tmp_path, no_nsys):
     report.main(["--reports", str(memory_run(tmp_path))])
-    summary = (tmp_path / "summary.md").read_text()
+    summary = (tmp_path / "README.md").read_text()
     assert summary.index("## How far from the floor") < summary.index("## GPU memory (MiB)")
     rows = table_rows(summary, "| step | weights")
     assert rows == [["1_baseline", "–", "–", "–", "–", "–", "–"],
@@ -697,7 +698,7 @@ def test_the_memory_sentences_follow_the_figures(tmp_path, no_nsys):
     write_result(tmp_path, 7, "7_cuda_graph", 6.0, memory=memory(20.0, [40.0], 300.0))
     write_result(tmp_path, 8, "8_multi_context", 5.0, memory=memory(20.0, [40.0, 40.0], 290.0))
     report.main(["--reports", str(tmp_path)])
-    summary = (tmp_path / "summary.md").read_text()
+    summary = (tmp_path / "README.md").read_text()
     assert ("With a second context, 8_multi_context's activations change by +40.0 MiB (2 × 40.0 against 1 × 40.0 in "
             "7_cuda_graph) and its peak in use by −10.0 MiB (290.0 against 300.0).") in summary
     assert "FP16" not in summary and "one per optimization profile" not in summary  # steps 3, 4 and 9 are not here
@@ -707,7 +708,7 @@ def test_results_without_memory_figures_say_so_once(tmp_path, no_nsys):
     for step in (1, 2):
         write_result(tmp_path, step, f"{step}_step", 30.0 / step)
     report.main(["--reports", str(tmp_path)])
-    summary = (tmp_path / "summary.md").read_text()
+    summary = (tmp_path / "README.md").read_text()
     section = summary.split("## GPU memory (MiB)\n\n", 1)[1].split("\n\n", 1)[0]
     assert section.startswith("Not recorded: these step results predate memory figures")
     assert "| step | weights" not in summary
@@ -719,7 +720,7 @@ def test_the_trace_peak_stands_beside_the_step_s_own(tmp_path, no_nsys):
     write_result(tmp_path, 2, "2_reuse_buffers", 20.0, memory=memory(22.4, [38.5], 270.0))
     make_old_layout_export(tmp_path / "2_reuse_buffers.sqlite")  # profiled without the memory record
     report.main(["--reports", str(tmp_path)])
-    summary = (tmp_path / "summary.md").read_text()
+    summary = (tmp_path / "README.md").read_text()
     rows = table_rows(summary, "| step | weights")
     assert [row[4:6] for row in rows] == [["280.0", "230.0"], ["270.0", "–"]]
     assert "segments reserved, not tensors" in summary
@@ -728,7 +729,7 @@ def test_the_trace_peak_stands_beside_the_step_s_own(tmp_path, no_nsys):
 
 def test_the_ladder_chart_has_a_memory_panel_only_with_memory_figures(tmp_path, monkeypatch):
     panels = []
-    monkeypatch.setattr(plots, "draw_memory_panel", lambda axes, bars: panels.append(bars))
+    monkeypatch.setattr(plots, "draw_memory_panel", lambda axes, bars, rows=None: panels.append(bars))
     results, _ = ladder.load_results(memory_run(tmp_path / "with"))
     ladder.draw_ladder(tmp_path / "with.png", results)
     assert [bar and (bar.weights_mib, bar.activations_mib, bar.peak_in_use_mib) for bar in panels[0]] == [
@@ -744,18 +745,24 @@ def test_the_ladder_chart_has_a_memory_panel_only_with_memory_figures(tmp_path, 
 
 def test_results_without_a_timed_window_stay_out_of_the_ladder(tmp_path, no_nsys, capsys):
     write_result(tmp_path, 1, "1_baseline", 30.0)
+    (tmp_path / "14_probe.json").write_text(json.dumps({"step": 14, "kind": "probe", "points": []}))
     (tmp_path / "10_batch_sweep.json").write_text(json.dumps({"step": 10, "kind": "sweep", "points": []}))
     (tmp_path / "broken.json").write_text("{ not json")
     report.main(["--reports", str(tmp_path)])
     out = capsys.readouterr().out
-    assert "report: 10_batch_sweep: not a ladder step (kind 'sweep'), not in the table" in out
+    assert "report: 14_probe: not a ladder step (kind 'probe'), not in the table" in out
+    assert "10_batch_sweep" not in out  # a sweep is the results page's: no note
     assert f"report: {tmp_path}/broken.json: not read (" in out
-    assert [row[0] for row in table_rows((tmp_path / "summary.md").read_text(), "| step | what")] == ["1_baseline"]
+    for page in ("summary.md", "README.md"):
+        assert [row[0] for row in table_rows((tmp_path / page).read_text(), "| step | what")] == ["1_baseline"]
+    page = (tmp_path / "README.md").read_text()
+    assert "### 10_batch_sweep: which batch size\n\nIts rows: not measured (no \"sweeps\" in 10_batch_sweep's result)." \
+        in page
 
 
 def test_report_on_probe_traces_fills_every_column(tmp_path, no_nsys):
     report.main(["--reports", str(probe_reports(tmp_path))])
-    summary = (tmp_path / "summary.md").read_text()
+    summary = (tmp_path / "README.md").read_text()
     rows = table_rows(summary, "| step | H2D")
     assert [row[0] for row in rows] == ["1_baseline", "5_multi_streams", "7_cuda_graph"]
     assert all("–" not in row for row in rows)
@@ -778,7 +785,7 @@ def test_report_on_the_course_fixtures(tmp_path, no_nsys):
     for path in results + sorted(COURSE_FIXTURES.glob("*.sqlite")):
         shutil.copy(path, tmp_path)
     report.main(["--reports", str(tmp_path)])
-    rows = table_rows((tmp_path / "summary.md").read_text(), "| step | H2D")
+    rows = table_rows((tmp_path / "README.md").read_text(), "| step | H2D")
     profiled = {path.stem for path in COURSE_FIXTURES.glob("*.sqlite")}
     assert {row[0] for row in rows if "–" not in row[1:4]} == profiled
     assert {path.name for path in tmp_path.glob("timeline_*.png")} == {f"timeline_{stem}.png" for stem in profiled}
@@ -832,14 +839,15 @@ def test_another_workload_is_not_compared(tmp_path):
 def test_compare_writes_the_section_and_says_the_verdict(tmp_path, no_nsys, capsys):
     here, there = two_runs(tmp_path)
     report.main(["--reports", str(here), "--compare", str(there)])
-    summary = (here / "summary.md").read_text()
-    assert summary.index("## Between two runs") < summary.index("## Commands")
+    summary = (here / "README.md").read_text()
+    assert summary.index("## Between two runs") < summary.index("## What could not be read")
+    assert "Between two runs" not in (here / "summary.md").read_text()  # the short page is the timings table
     assert f"This run against {there}/ (taken 2026-11-23T10:00:00+00:00)" in summary
     assert (f"report: against {there}/: 1 of 4 steps reproduce within 5%; the others: 1_baseline (differs between "
             "processes), 3_use_pin_memory (within noise), 4_use_fp16 (not steady in this run).") \
         in capsys.readouterr().out
     report.main(["--reports", str(here)])
-    assert "Between two runs" not in (here / "summary.md").read_text()
+    assert "Between two runs" not in (here / "README.md").read_text()
 
 
 @pytest.mark.parametrize("other, says", [
@@ -876,21 +884,23 @@ def test_the_committed_examples_give_a_full_report(tmp_path, monkeypatch, no_nsy
         pytest.skip(f"missing {EXAMPLE_RESULTS.relative_to(REPO)}/<stem>.json (the H100 run's results)")
     monkeypatch.chdir(tmp_path)
     report.main(["--examples", str(EXAMPLE_RESULTS)])
-    summary = (tmp_path / "reports" / "summary.md").read_text()
+    summary = (tmp_path / "reports" / "README.md").read_text()
     profiled = {path.stem for path in EXAMPLE_RESULTS.glob("*.sqlite")}
     rows = table_rows(summary, "| step | H2D")
     assert {row[0] for row in rows if "–" not in row[1:4]} == profiled
     assert "not read" not in summary.replace("could not be read", "")
 
 
+@pytest.mark.parametrize("page", ["summary.md", "README.md"])
 @pytest.mark.parametrize("run, other", [("", None), ("run-1", None), ("run-2", "run-1")],
                          ids=["profiled", "run-1", "run-2 against run-1"])
 def test_the_committed_summaries_are_what_the_report_makes_of_the_committed_results(tmp_path, monkeypatch, run, other,
-                                                                                    no_nsys):
-    """A README that links a committed summary links what the current report says of those results."""
+                                                                                    page, no_nsys):
+    """A README that links a committed page links what the current report says of those results: regenerate them
+    with `python -m common.report --reports <the directory>` (and `--compare` for a second run) after a change."""
     committed = EXAMPLE_RESULTS / run
-    if not (committed / "summary.md").exists():
-        pytest.skip(f"missing {committed.relative_to(REPO)}/summary.md")
+    if not (committed / page).exists():
+        pytest.skip(f"missing {committed.relative_to(REPO)}/{page}")
     copy = tmp_path / "results" / "h100-torch" / run
     copy.mkdir(parents=True)
     for path in [*committed.glob("*.json"), *committed.glob("*.sqlite")]:
@@ -901,7 +911,7 @@ def test_the_committed_summaries_are_what_the_report_makes_of_the_committed_resu
     monkeypatch.chdir(tmp_path)
     report.main(["--reports", str(relative), "--nsys", "/nonexistent"]
                 + (["--compare", str(relative.parent / other)] if other else []))
-    assert (copy / "summary.md").read_text() == (committed / "summary.md").read_text()
+    assert (copy / page).read_text() == (committed / page).read_text()
 
 
 def test_nothing_to_report_is_one_line_error(tmp_path):
@@ -998,7 +1008,7 @@ def test_floors_measured_the_earlier_way_are_named(tmp_path, no_nsys):
     write_result(tmp_path, 1, "1_step", 30.0, floor=floor)
     write_result(tmp_path, 2, "2_step", 15.0, floor=floor, floor_method="back to back on one stream")
     report.main(["--reports", str(tmp_path)])
-    summary = (tmp_path / "summary.md").read_text()
+    summary = (tmp_path / "README.md").read_text()
     assert [row[3] for row in table_rows(summary, "| step | H2D (ms) | inference")] == ["3.20", "3.20"]
     assert "The floors of 1_step were measured by an earlier version of common/floor.py" in summary
 
@@ -1058,3 +1068,413 @@ def test_the_report_is_a_package_the_steps_never_import():
     assert importers == []
     assert {path.name for path in (REPO / "common" / "report").glob("*.py")} >= {
         "__main__.py", "summary.py", "nsys_trace.py", "intervals.py", "plots.py", "ladder.py", "reproduce.py"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Batch latency beside throughput: steps 5 to 8 against the step before
+
+
+def ladder_with_latency(directory, latencies):
+    """Steps 4 to 8, each with windows at ms per batch and (p50, p99) latencies, or None for an older result."""
+    per_batch = {4: 8.0, 5: 7.5, 6: 4.0, 7: 3.0, 8: 2.5}
+    for step, stem in ((4, "4_use_fp16"), (5, "5_multi_streams"), (6, "6_multi_threads"), (7, "7_cuda_graph"),
+                       (8, "8_multi_context")):
+        ms = per_batch[step]
+        latency = latencies.get(step)
+        extra = {"latency_p50_ms": latency[0], "latency_p99_ms": latency[1]} if latency else {}
+        write_result(directory, step, stem, 3 * ms, windows_ms_per_batch=[ms, ms * 1.01],
+                     images_per_s=128 / stats.median([ms, ms * 1.01]) * 1e3, **extra)
+
+
+def test_each_deeper_pipeline_says_how_its_latency_moved_and_why(tmp_path, no_nsys):
+    ladder_with_latency(tmp_path, {4: (8.0, 9.0), 5: (9.2, 10.0), 6: (6.0, 8.0), 7: (12.0, 13.0), 8: (20.0, 24.0)})
+    report.main(["--reports", str(tmp_path)])
+    for page in ("summary.md", "README.md"):
+        text = (tmp_path / page).read_text()
+        rows = table_rows(text, "| step | what changed")
+        assert [row[8] for row in rows] == ["8.00 / 9.00", "9.20 / 10.00", "6.00 / 8.00", "12.00 / 13.00",
+                                            "20.00 / 24.00"]
+        # batches in flight: p50 latency over the median ms per batch (7.5375 ms at step 5, 3.015 at step 7, ...)
+        assert ("- p50 latency 9.20 ms at step 5 against 8.00 at step 4 (+15%; p99 10.00 against 9.00), 1.2 batches "
+                "in flight against 1.0: step 5 overlaps the next batch's copy with this batch's inference, so a batch "
+                "waits behind the one in flight.") in text
+        assert ("- p50 latency 6.00 ms at step 6 against 9.20 at step 5 (−35%; p99 8.00 against 10.00), 1.5 batches "
+                "in flight against 1.2: step 6 moves output processing to a thread, so a batch's result waits in a "
+                "queue of two host buffers.") in text
+        assert "- p50 latency 12.00 ms at step 7 against 6.00 at step 6 (+100%; p99 13.00 against 8.00), 4.0" in text
+        assert ("- p50 latency 20.00 ms at step 8 against 12.00 at step 7 (+67%; p99 24.00 against 13.00), 8.0 batches "
+                "in flight against 4.0: step 8 runs two batches at once on two contexts: each batch shares the GPU "
+                "with another, so it takes longer while throughput rises.") in text
+
+
+def test_latency_not_in_an_older_result_is_not_measured(tmp_path, no_nsys):
+    ladder_with_latency(tmp_path, {4: (8.0, 9.0), 5: (9.0, 10.0), 7: (12.0, 13.0)})  # steps 6 and 8: older
+    report.main(["--reports", str(tmp_path)])
+    text = (tmp_path / "README.md").read_text()
+    assert [row[8] for row in table_rows(text, "| step | what changed")][2:] == [
+        "not measured", "12.00 / 13.00", "not measured"]
+    assert ("- p50 latency not measured at step 6 against 9.00 at step 5: step 6 moves output processing") in text
+    assert "- p50 latency 12.00 ms at step 7 against not measured at step 6: step 7 keeps" in text
+    assert "- p50 latency not measured at step 8 against 12.00 at step 7: step 8 runs" in text
+
+
+# ---------------------------------------------------------------------------------------------------
+# The ladder chart: each step against its own floor, step 9 apart
+
+
+def chart_run(directory):
+    """Steps 1 (fp32), 3 (fp32), 4 (FP16), 8 (FP16) with floors of their own engines, and step 9 on its mixed
+    workload (a mean of 72 images per batch)."""
+    fp32, fp16 = {"h2d_ms": 1.4, "inference_ms": 7.2}, {"h2d_ms": 1.5, "inference_ms": 3.3}
+    write_result(directory, 1, "1_baseline", 63.0, precision="fp32", floor=fp32)
+    write_result(directory, 3, "3_use_pin_memory", 31.5, precision="fp32", floor={"h2d_ms": 1.3, "inference_ms": 7.0},
+                 memory=memory(44.7, [77.0], 400.0))
+    write_result(directory, 4, "4_use_fp16", 15.0, precision="fp16", floor=fp16, memory=memory(22.4, [38.5], 300.0))
+    write_result(directory, 8, "8_multi_context", 9.0, precision="fp16", floor={"h2d_ms": 3.4, "inference_ms": 3.2})
+    write_result(directory, 9, "9_multi_profiles", 6.0, precision="fp16", floor=fp16, images_per_s=72 / 2.0 * 1e3,
+                 memory=memory(22.4, [9.6, 38.5], 330.0))
+    return directory
+
+
+def test_the_ladder_chart_measures_each_step_against_its_own_floor_and_draws_step_9_apart(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(plots, "plot_ladder", lambda path, bars, xlabel, title, memory=None: drawn.append(
+        (bars, memory)))
+    results, _ = ladder.load_results(chart_run(tmp_path))
+    ladder.draw_ladder(tmp_path / "ladder.png", results)
+    bars, memory_bars = drawn[0]
+    assert [(bar.label, bar.floor_ms, bar.apart) for bar in bars] == [
+        ("1_baseline", 7.2, False), ("3_use_pin_memory", 7.0, False), ("4_use_fp16", 3.3, False),
+        ("8_multi_context", 3.4, False), ("9_multi_profiles", None, True)]  # H2D is step 8's larger part
+    assert bars[-1].note == "another workload: not a rung"
+    assert "other workload" not in " ".join(bar.note for bar in bars[:-1])
+    assert [bar and bar.weights_mib for bar in memory_bars] == [None, 44.7, 22.4, None, 22.4]  # the bars' rows
+    monkeypatch.undo()
+    ladder.draw_ladder(tmp_path / "drawn.png", results)
+    assert (tmp_path / "drawn.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_chart_rows_put_the_other_workload_below_a_gap():
+    bars = [plots.LadderBar(name, 1.0, 1.0, 1.0, "", apart=name == "9") for name in ("1", "2", "9")]
+    assert plots.ladder_rows(bars) == [0, 1, 2 + plots.APART_GAP]
+
+
+def test_the_page_says_what_the_chart_draws(tmp_path, no_nsys):
+    report.main(["--reports", str(chart_run(tmp_path))])
+    page = (tmp_path / "README.md").read_text()
+    assert "![ladder](ladder.png)" in page
+    assert ("on the step's own engine (fp32 for 1_baseline, 3_use_pin_memory; fp16 for 4_use_fp16, 8_multi_context). "
+            "9_multi_profiles runs another workload (its batches' mean size differs from 1_baseline's) and is drawn "
+            "apart, below a divider (another workload: not a rung), without a floor") in page
+    floors = {row[0]: row[4] for row in table_rows(page, "| step | H2D (ms) | inference")}
+    assert floors == {"1_baseline": "2.92×", "3_use_pin_memory": "1.50×", "4_use_fp16": "1.52×",
+                      "8_multi_context": "0.88×", "9_multi_profiles": "– (another workload)"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The lessons' own measurements: step 3's staging, step 8's one context against two, step 9's one profile
+
+
+def lesson_run(directory, **fields):
+    """Steps 2, 3, 8 and 9 of a run; `fields` adds a step's new fields by stem: {"3_use_pin_memory": {...}}."""
+    for step, stem, ms in ((2, "2_reuse_buffers", 20.0), (3, "3_use_pin_memory", 10.0), (8, "8_multi_context", 3.0),
+                           (9, "9_multi_profiles", 2.0)):
+        extra = fields.get(stem, {})
+        write_result(directory, step, stem, 3 * ms, windows_ms_per_batch=[ms, ms * 1.02],
+                     latency_p50_ms=3 * ms, latency_p99_ms=4 * ms, **extra)
+    return directory
+
+
+def staging(ms):
+    return {"staging": {"how": "np.copyto of the pageable batch into a pinned buffer, 10 batches", "ms_per_batch": ms,
+                        "per_image_us": ms * 1e3 / 128, "windows_ms": [ms * 0.99, ms, ms * 1.03]}}
+
+
+@pytest.mark.parametrize("cost, after", [
+    (4.0, " The saving outlives it: 6.10 ms per batch remain after staging."),
+    (12.0, " Paid per batch, it consumes the saving (12.00 ms ≥ 10.10): a pipeline that stages its batches gains "
+           "nothing from pinned memory.")], ids=["smaller than the saving", "consumes it"])
+def test_step_3_sets_its_saving_beside_what_staging_costs(tmp_path, no_nsys, cost, after):
+    report.main(["--reports", str(lesson_run(tmp_path, **{"3_use_pin_memory": staging(cost)}))])
+    page = (tmp_path / "README.md").read_text()
+    # medians 20.2 and 10.1 ms per batch: a saving of 10.10 ms
+    assert (f"3_use_pin_memory saves 10.10 ms per batch against 2_reuse_buffers (2.00× faster); staging the batch into "
+            f"pinned memory costs {cost:.2f} ms per batch ({cost * 1e3 / 128:.1f} us per image; windows "
+            f"{cost * 0.99:.2f}–{cost * 1.03:.2f} ms), which a pipeline pays unless its loader writes pinned memory "
+            f"(DataLoader(pin_memory=True) or a decoder writing there).{after} How it is measured: np.copyto of the "
+            "pageable batch into a pinned buffer, 10 batches.") in page
+
+
+def test_lessons_without_their_new_fields_say_not_measured(tmp_path, no_nsys):
+    report.main(["--reports", str(lesson_run(tmp_path))])
+    page = (tmp_path / "README.md").read_text()
+    assert ("3_use_pin_memory saves 10.10 ms per batch against 2_reuse_buffers (2.00× faster); staging a batch into "
+            "pinned memory: not measured (no \"staging\" in its result).") in page
+    assert ("Two contexts against one at the same batch size: not measured (no \"contexts_compared\" in "
+            "8_multi_context's result).") in page
+    assert ("The same workload on a one-profile engine: not measured (no \"one_profile\" in 9_multi_profiles's "
+            "result).") in page
+
+
+def run_figures_of(median, spread, latency):
+    return {"windows_ms_per_batch": [median * 0.98, median, median * (0.98 + spread / 100)],
+            "median_ms_per_batch": median, "spread_pct": spread, "images_per_s": 128 / median * 1e3,
+            "latency_p50_ms": latency, "latency_p99_ms": latency * 1.5}
+
+
+CONTEXTS_COMPARED = {"contexts_compared": {
+    "how": "the same batches on one context and on two, in the same process after the timed run",
+    "rows": [{"batch_size": 128, "one_context": run_figures_of(3.9, 2.0, 8.0),
+              "two_contexts": run_figures_of(3.0, 3.0, 12.0), "within_noise": False, "speedup": 1.3},
+             {"batch_size": 16, "one_context": run_figures_of(0.9, 8.0, 2.0),
+              "two_contexts": run_figures_of(0.88, 9.0, 3.5), "within_noise": True, "speedup": 0.9 / 0.88}]}}
+
+
+def test_step_8_says_where_two_contexts_pay_and_where_they_only_add_memory_and_latency(tmp_path, no_nsys):
+    fields = {**CONTEXTS_COMPARED, "memory": memory(22.4, [38.5, 38.5], 350.0)}
+    report.main(["--reports", str(lesson_run(tmp_path, **{"8_multi_context": fields}))])
+    page = (tmp_path / "README.md").read_text()
+    assert "How: the same batches on one context and on two, in the same process after the timed run" in page
+    assert table_rows(page, "| batch | one context") == [
+        ["128", "3.90 (2.0)", "3.00 (3.0)", "1.30×", "32,821 / 42,667", "8.00 / 12.00", "12.00 / 18.00",
+         "two contexts pay"],
+        ["16", "0.90 (8.0)", "0.88 (9.0)", "1.02×", "142,222 / 145,455", "2.00 / 3.50", "3.00 / 5.25", "within noise"]]
+    assert ("- At batch 128, two contexts pay: 1.30× one context's throughput (3.00 ms per batch against 3.90), at p50 "
+            "latency 12.00 ms against 8.00 with one.") in page
+    assert ("- At batch 16, two contexts are within noise of one (1.02×): they only add memory (a second activation "
+            "pool, 38.5 MiB) and latency (p50 latency 3.50 ms against 2.00 with one).") in page
+
+
+@pytest.mark.parametrize("within_noise, speedup, verdict", [
+    (False, 1.4, "The two profiles buy 1.40× the throughput of one (one profile's median over 9_multi_profiles's), "
+                 "each batch size running on a profile tuned for it."),
+    (True, 1.03, "The two profiles are within noise of one (1.03×): on this workload they buy no throughput, and hold "
+                 "a second context's memory.")], ids=["buy throughput", "within noise"])
+def test_step_9_says_what_two_profiles_buy_against_one(tmp_path, no_nsys, within_noise, speedup, verdict):
+    one = {"engine": "engines/resnet18_fp16.torch.pt", "profiles": [[1, 128, 128]], **run_figures_of(2.8, 4.0, 9.0),
+           "within_noise": within_noise, "speedup": speedup}
+    report.main(["--reports", str(lesson_run(tmp_path, **{"9_multi_profiles": {"one_profile": one}}))])
+    page = (tmp_path / "README.md").read_text()
+    assert ("The same mixed workload through the same pipeline on a one-profile engine (engines/resnet18_fp16.torch.pt, "
+            "profile 1:128:128), right after 9_multi_profiles in the same process: 2.80 ms per batch (2.74–2.86), "
+            "45,714 images/s, batch latency p50 / p99 9.00 / 13.50 ms; 9_multi_profiles: 2.02 ms per batch "
+            f"(2.00–2.04), 64,000 images/s, p50 / p99 6.00 / 8.00 ms. {verdict}") in page
+
+
+# ---------------------------------------------------------------------------------------------------
+# Step 13 (INT8), a step beyond the ladder like step 12
+
+
+INT8_FIELDS = {"builds_on": "8_multi_context", "precision": "int8",
+               "accuracy": {"top1_agreement": 0.9921875, "top5_agreement": 0.998, "rel_err": 0.0312,
+                            "tolerance": {"min_top1": 0.97, "max_rel_err": 0.05}, "passed": True},
+               "int8": {"quantizer": "modelopt INT8 Q/DQ, entropy calibration", "calibration_batches": 8,
+                        "calibration_batch_size": 32, "calibration_seed": 1, "speed_is_int8": False,
+                        "note": "the stand-in runs INT8's numerics in fp16/fp32 kernels."}}
+
+
+def test_step_13_is_a_row_after_the_ladder_with_its_accuracy_and_not_int8_s_speed(tmp_path, no_nsys):
+    write_result(tmp_path, 8, "8_multi_context", 9.0, windows_ms_per_batch=[3.0, 3.1], images_per_s=128 / 3.05e-3)
+    write_result(tmp_path, 13, "13_int8", 9.0, windows_ms_per_batch=[2.9, 3.0], images_per_s=128 / 2.95e-3,
+                 latency_p50_ms=15.0, latency_p99_ms=18.0, **INT8_FIELDS)
+    report.main(["--reports", str(tmp_path)])
+    for page in ("summary.md", "README.md"):
+        text = (tmp_path / page).read_text()
+        rungs = table_rows(text, "| step | what changed | ms per batch | range")
+        assert [row[0] for row in rungs] == ["8_multi_context"]
+        [row] = table_rows(text, "| step | what changed | ms per batch | range (ms) | images/s | vs its rung")
+        assert row[0] == "13_int8" and row[2] == "2.95 (not INT8's speed)" and row[3] == "2.90–3.00"
+        assert row[5] == "1.03× step 8 (within noise) (not INT8's speed)"
+        assert row[6:8] == ["15.00 / 18.00", "99.22% / 99.80% / 3.1e-02 (pass)"]
+    page = (tmp_path / "README.md").read_text()
+    assert "### 13_int8: accuracy against fp32 (on 8_multi_context)" in page
+    assert ("- Quantizer: modelopt INT8 Q/DQ, entropy calibration; 8 calibration batches of 32 images (seed 1).\n"
+            "- Against the fp32 reference: top-1 agreement 99.22%, top-5 agreement 99.80%, relative error 3.1e-02; it "
+            "passes its tolerance (min_top1 0.97, max_rel_err 0.05).\n"
+            "- Its time is **not INT8's speed**: the stand-in runs INT8's numerics in fp16/fp32 kernels.") in page
+
+
+def test_step_13_s_time_is_unmarked_when_it_is_int8_s_speed(tmp_path, no_nsys):
+    write_result(tmp_path, 8, "8_multi_context", 9.0)
+    fields = {**INT8_FIELDS, "int8": {**INT8_FIELDS["int8"], "speed_is_int8": True}}
+    fields["accuracy"] = {**fields["accuracy"], "passed": False}
+    del fields["accuracy"]["top5_agreement"]
+    write_result(tmp_path, 13, "13_int8", 6.0, **fields)
+    report.main(["--reports", str(tmp_path)])
+    page = (tmp_path / "README.md").read_text()
+    assert "not INT8's speed" not in page
+    [row] = table_rows(page, "| step | what changed | ms per batch | range (ms) | images/s | vs its rung")
+    assert row[2] == "2.00" and row[7] == "99.22% / not measured / 3.1e-02 (**FAIL**)"
+    assert "it **fails** its tolerance" in page and "- Its time is INT8's speed" in page
+
+
+# ---------------------------------------------------------------------------------------------------
+# Step 2 in the trace: the pageable copies moved more than the lesson saved
+
+
+def copy_result(stem, directory):
+    shutil.copy(COURSE_FIXTURES / f"{stem}.json", directory)
+    shutil.copy(course_trace(stem), directory)
+
+
+def test_step_2_in_the_trace_says_its_pageable_copies_took_longer_than_the_saving(tmp_path, no_nsys):
+    for stem in ("1_baseline", "2_reuse_buffers"):
+        copy_result(stem, tmp_path)
+    report.main(["--reports", str(tmp_path)])
+    page = (tmp_path / "README.md").read_text()
+    first, second = course_figures("1_*"), course_figures("2_*")
+    saving, change = first.alloc_free_ms - second.alloc_free_ms, second.h2d_ms - first.h2d_ms
+    assert change > saving > 0  # the committed traces: 10.515 ms of H2D in step 1, 12.124 in step 2; 0.726 saved
+    section = page.split("### Step 2 in the trace\n\n", 1)[1].split("\n\n", 1)[0]
+    assert section.endswith(
+        f"But its H2D copies from pageable memory, which the lesson leaves as they are, took {second.h2d_ms:.3f} ms per "
+        f"batch in step 2's trace against {first.h2d_ms:.3f} in step 1's (+{change:.3f} ms), more than the "
+        f"{saving:.3f} ms per batch that reusing buffers saved: a pageable copy's cost moves from one process to the "
+        "next, so the wall clock cannot show the saving.")
+
+
+def without_phases(database, names):
+    db = sqlite3.connect(database)
+    db.executemany("DELETE FROM NVTX_EVENTS WHERE text = ?", [(name,) for name in names])
+    db.commit()
+    db.close()
+    return database
+
+
+@pytest.mark.parametrize("second, says", [
+    # step 2: the same copies without alloc/free: H2D equal, 1 ms per batch saved
+    (lambda path: without_phases(make_phases_export(path, 80), ("alloc", "free")), None),
+    # step 2: 2 ms of H2D per batch against step 1's 3.333, more than the 1 ms saved
+    (lambda path: make_old_layout_export(path),
+     "But its H2D copies from pageable memory, which the lesson leaves as they are, took 2.000 ms per batch in step 2's "
+     "trace against 3.333 in step 1's (−1.333 ms), more than the 1.000 ms per batch that reusing buffers saved: a "
+     "pageable copy's cost moves from one process to the next, so part of step 2's gain in this run is the copy's, not "
+     "the lesson's.")], ids=["copies alike", "copies shorter in step 2"])
+def test_step_2_in_the_trace_names_the_copies_only_where_they_moved_more_than_the_saving(tmp_path, no_nsys, second,
+                                                                                        says):
+    write_result(tmp_path, 1, "1_baseline", 30.0)
+    write_result(tmp_path, 2, "2_reuse_buffers", 20.0)
+    make_phases_export(tmp_path / "1_baseline.sqlite", 80)  # 1 ms of alloc + free and 3.333 ms of H2D per batch
+    second(tmp_path / "2_reuse_buffers.sqlite")
+    report.main(["--reports", str(tmp_path)])
+    section = (tmp_path / "README.md").read_text().split("### Step 2 in the trace\n\n", 1)[1].split("\n\n", 1)[0]
+    assert "1.000 ms per batch in \"alloc\" and \"free\"" in section
+    assert ("But its H2D" not in section) if says is None else section.endswith(says)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The results page: where its figures come from, steps 10 to 12 from their JSONs, the pictures
+
+
+def test_the_page_starts_with_the_device_backend_date_and_commands(tmp_path, no_nsys):
+    label = "compiled PyTorch stand-in (Inductor, torch 2.11.0+cu130), not TensorRT"
+    for step, stem in ((1, "1_baseline"), (2, "2_reuse_buffers"), (3, "3_use_pin_memory")):
+        write_result(tmp_path, step, stem, 30.0 / step, backend_label=label, under_nsys=step < 3,
+                     command=f"python {stem}.py --reports reports/profiled --repeats 2",
+                     date=f"2026-12-02T10:0{step}:00+00:00")
+    report.main(["--reports", str(tmp_path)])
+    lines = (tmp_path / "README.md").read_text().splitlines()
+    assert lines[:8] == [
+        f"# Results: NVIDIA H100 80GB HBM3, {label}", "",
+        "- Device: NVIDIA H100 80GB HBM3", f"- Backend: {label}",
+        "- Date: 2026-12-02T10:01:00+00:00 to 2026-12-02T10:03:00+00:00", "- Commands:",
+        "  - `python <step>.py --reports reports/profiled --repeats 2` under nsys: steps 1, 2",
+        "  - `python <step>.py --reports reports/profiled --repeats 2`: step 3"]
+
+
+def test_the_short_summary_is_the_timings_table_and_a_link_to_the_page(tmp_path, no_nsys):
+    report.main(["--reports", str(memory_run(tmp_path))])
+    summary, page = ((tmp_path / name).read_text() for name in ("summary.md", "README.md"))
+    assert table_rows(summary, "| step | what changed") == table_rows(page, "| step | what changed")
+    assert "[README.md](README.md)" in summary
+    assert "## GPU memory" not in summary and "## How far from the floor" not in summary
+    assert "## GPU memory" in page and "## How far from the floor" in page
+
+
+def beyond_run(directory):
+    """The committed H100 results of steps 7, 8, 10, 11 and 12, with their traces."""
+    for stem in ("7_cuda_graph", "8_multi_context", "10_batch_size_sweep", "11_dynamic_batching",
+                 "12_gpu_preprocessing"):
+        shutil.copy(EXAMPLE_RESULTS / f"{stem}.json", directory)
+        if (EXAMPLE_RESULTS / f"{stem}.sqlite").exists():
+            shutil.copy(EXAMPLE_RESULTS / f"{stem}.sqlite", directory)
+    return {stem: json.loads((directory / f"{stem}.json").read_text()) for stem in (
+        "10_batch_size_sweep", "11_dynamic_batching", "12_gpu_preprocessing")}
+
+
+def test_the_page_states_step_10_s_sweep_from_its_json(tmp_path, no_nsys):
+    results = beyond_run(tmp_path)
+    report.main(["--reports", str(tmp_path)])
+    page = (tmp_path / "README.md").read_text()
+    sweep = results["10_batch_size_sweep"]["sweeps"][0]
+    rows = {row["batch_size"]: row for row in sweep["rows"]}
+    table = table_rows(page, "| batch | PyTorch stand-in")
+    assert [int(row[0]) for row in table] == sorted(rows)
+    knee, best = rows[sweep["knee"]], rows[sweep["peak"]]
+    assert [row[2] for row in table if row[0] == str(sweep["knee"])] == [
+        f"{knee['images_per_s']:,.0f} ({knee['spread_pct']:.1f}), knee"]
+    below = rows[max(size for size in rows if size < sweep["knee"])]
+    assert (f"{sweep['label']}: the knee is batch {sweep['knee']} "
+            f"({100 * knee['images_per_s'] / best['images_per_s']:.1f}% of the peak): batch {below['batch_size']} reaches "
+            f"{100 * below['images_per_s'] / best['images_per_s']:.1f}% and its fastest run "
+            f"{100 * max(below['throughput_runs']) / best['images_per_s']:.1f}%, below the 95% threshold; the peak (batch "
+            f"{sweep['peak']}) adds +{100 * (best['images_per_s'] / knee['images_per_s'] - 1):.1f}% throughput for "
+            f"{best['latency_ms'] / knee['latency_ms']:.1f}× the knee's latency.") in page
+    eager = {row["batch_size"]: row for row in results["10_batch_size_sweep"]["sweeps"][1]["rows"]}
+    assert f"{rows[1]['images_per_s'] / eager[1]['images_per_s']:.1f}× at batch 1, " in page
+    assert "![batch-size sweep](10_batch_size_sweep.png)" in page
+
+
+def test_the_page_states_step_11_s_runs_from_its_json(tmp_path, no_nsys):
+    runs = beyond_run(tmp_path)["11_dynamic_batching"]["runs"]
+    report.main(["--reports", str(tmp_path)])
+    page = (tmp_path / "README.md").read_text()
+    assert len(table_rows(page, "| setting | offered/s")) == len(runs)
+    alone = max((run for run in runs if run["max_batch_size"] == 1), key=lambda run: run["served_per_s"])
+    batched = max((run for run in runs if run["max_batch_size"] > 1), key=lambda run: run["served_per_s"])
+    assert (f"- One request at a time serves at most {alone['served_per_s']:,.0f} requests/s (at "
+            f"{alone['offered_per_s']:,.0f} offered)") in page
+    assert (f"- Batching serves up to {batched['served_per_s']:,.0f} requests/s "
+            f"({batched['served_per_s'] / alone['served_per_s']:.1f}× as many)") in page
+    assert f"- Over the {len(runs)} runs: 0 requests lost, 0 served twice." in page
+    assert "![dynamic batching](11_dynamic_batching.png)" in page
+
+
+def test_the_page_states_step_12_s_figures_from_its_json_and_traces(tmp_path, no_nsys):
+    step12 = beyond_run(tmp_path)["12_gpu_preprocessing"]
+    report.main(["--reports", str(tmp_path)])
+    page = (tmp_path / "README.md").read_text()
+    rows = {(row["batch_size"], row["input"]): row for row in step12["latency_alone"]["rows"]}
+    table = table_rows(page, "| batch | float32 input")
+    assert table[-1] == ["32", *(f"{rows[(32, name)][key]:.3f}" for name in ("float32", "uint8")
+                                  for key in ("latency_ms", "h2d_ms"))]
+    old, new = rows[(32, "float32")]["latency_ms"], rows[(32, "uint8")]["latency_ms"]
+    assert f"{new - old:+.3f} ms ({100 * (new / old - 1):+.0f}%) at batch 32.".replace("-", "−") in page
+    mine, theirs = course_figures("12_*"), course_figures("8_*")
+    assert (f"- 12_gpu_preprocessing in its trace: H2D {mine.h2d_ms:.3f} ms per batch against {theirs.h2d_ms:.3f} in "
+            f"8_multi_context's, {theirs.h2d_ms / mine.h2d_ms:.1f}× shorter") in page
+    assert "[12_gpu_preprocessing](timeline_12_gpu_preprocessing.png)" in page
+
+
+def test_the_page_links_pictures_relative_to_itself(tmp_path, monkeypatch, no_nsys):
+    source = tmp_path / "results" / "h100-torch"
+    probe_reports(source)
+    shutil.copy(EXAMPLE_RESULTS / "10_batch_size_sweep.json", source)
+    monkeypatch.chdir(tmp_path)
+    report.main(["--examples", "results/h100-torch"])
+    page = (tmp_path / "reports" / "README.md").read_text()
+    assert "![batch-size sweep](../results/h100-torch/10_batch_size_sweep.png)" in page  # beside its JSON
+    assert "[7_cuda_graph](timeline_7_cuda_graph.png)" in page and "![ladder](ladder.png)" in page  # drawn here
+    for link in re.findall(r"\]\(([^)]+\.png)\)", page):
+        assert (tmp_path / "reports" / link).exists() or link.startswith("../results/"), link
+
+
+@pytest.mark.parametrize("committed, chosen", [(("h200-torch", "h100-torch"), "h200-torch"),
+                                               (("h100-torch",), "h100-torch")], ids=["H200's", "H100's only"])
+def test_the_default_examples_are_the_h200_s_where_they_are_there(tmp_path, monkeypatch, no_nsys, capsys, committed,
+                                                                   chosen):
+    for name in committed:
+        write_result(tmp_path / "results" / name, 1, "1_baseline", 30.0)
+    monkeypatch.chdir(tmp_path)
+    report.main([])
+    assert f"reporting the committed example results in results/{chosen}/ instead" in capsys.readouterr().out

@@ -4,13 +4,16 @@
 
 A full export of one step is about 100 MB (GPU metrics, backtraces, OS runtime calls). This keeps the
 tables the report reads (plus the enumeration tables the tests use to check it independently), keeps
-only the rows near the NVTX range "all batches" (or "last 3 batches" in traces made before that range
-existed), drops unreferenced strings and compacts the file. Of the device memory allocations and frees
+only the rows near what the report reads: the NVTX range "all batches" (the figures), the window of the
+timeline picture (nsys_trace.read_timeline: about three batches from the middle of "all batches", inside it)
+and "last 3 batches" (in traces made before "all batches" existed, the figures' and the picture's window),
+drops unreferenced strings and compacts the file. Of the device memory allocations and frees
 (CUDA_GPU_MEMORY_USAGE_EVENTS, a few rows per step) it keeps every row up to the range's end: the memory in
 use is a running sum from the start of the trace.
-It then reads both files with the report and refuses to write a trimmed copy whose figures differ.
+It then reads both files with the report and refuses to write a trimmed copy whose figures or timeline differ.
 """
 import argparse
+import dataclasses
 import shutil
 import sqlite3
 import sys
@@ -18,8 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere in the repo
 
-from common.report.nsys_trace import (MEMORY_ENUM_TABLES, MEMORY_TABLE, RUN_RANGE, TraceUnavailable, find_window,  # noqa: E402
-                               read_trace, trace_figures)
+from common.report.nsys_trace import (MEMORY_ENUM_TABLES, MEMORY_TABLE, RUN_RANGE, WINDOW_RANGE,  # noqa: E402
+                                      TraceUnavailable, find_range, find_window, read_timeline, read_trace,
+                                      trace_figures)
 
 KEPT_TABLES = {
     # read by common/report/nsys_trace.py
@@ -40,14 +44,11 @@ STRING_COLUMNS = {  # the columns of kept tables that refer to StringIds(id)
 
 def trim(source, target, margin_ns):
     """Write a trimmed copy of `source` to `target`."""
+    kept = kept_windows(source)
     shutil.copyfile(source, target)
     connection = sqlite3.connect(target)
     try:
-        try:
-            window = find_window(connection, source, RUN_RANGE)
-        except TraceUnavailable:
-            window = find_window(connection, source)
-        keep_from, keep_to = window[0] - margin_ns, window[1] + margin_ns
+        keep_from, keep_to = min(start for start, _ in kept) - margin_ns, max(end for _, end in kept) + margin_ns
         tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         for table in sorted(tables - KEPT_TABLES - {"sqlite_sequence"}):
             connection.execute(f'DROP TABLE "{table}"')
@@ -69,6 +70,19 @@ def trim(source, target, margin_ns):
         connection.close()
 
 
+def kept_windows(source):
+    """The (start, end) spans in ns whose rows the report reads: "all batches" where the trace has it, the
+    timeline's window and "last 3 batches" where it has them. None of them: TraceUnavailable, naming the range."""
+    connection = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    try:
+        spans = [span for span in (find_range(connection, RUN_RANGE), find_range(connection, WINDOW_RANGE)) if span]
+        if not spans:
+            find_window(connection, source)  # raises, naming the range the report looks for
+    finally:
+        connection.close()
+    return [*spans, read_timeline(source).window]
+
+
 def drop_unused_strings(connection, tables):
     used = []
     for table, string_columns in STRING_COLUMNS.items():
@@ -78,13 +92,18 @@ def drop_unused_strings(connection, tables):
 
 
 def figures_of(database):
-    """The report's figures over both ranges it reads (the run range only where the trace has it)."""
+    """The report's figures over both ranges it reads (the run range only where the trace has it), and what its
+    timeline picture draws (the window, what is in it, the streams of the run)."""
     figures = [trace_figures(read_trace(database))]
     try:
         figures.append(trace_figures(read_trace(database, RUN_RANGE)))
     except TraceUnavailable:
         pass
-    return figures
+    timeline = read_timeline(database)
+    threads = {item.thread for item in timeline.ranges + timeline.api_calls}  # their lanes' labels name them
+    return figures + [(timeline.window, timeline.window_label, *(sorted(items, key=dataclasses.astuple) for items in (
+        timeline.gpu_ops, timeline.ranges, timeline.api_calls)), timeline.stream_kinds,
+        {thread: timeline.thread_names.get(thread) for thread in threads})]
 
 
 def main(argv=None):
@@ -106,9 +125,11 @@ def main(argv=None):
         sys.exit(f"error: {error}")
     if before != after:
         args.target.unlink()
-        sys.exit(f"error: trimming changed the report's figures ({before} became {after}); nothing written")
+        timeline = before[:-1] == after[:-1]  # the figures are the same: the timeline differs
+        what, was, now = ("timeline", before[-1][:2], after[-1][:2]) if timeline else ("figures", before, after)
+        sys.exit(f"error: trimming changed the report's {what} ({was} became {now}); nothing written")
     print(f"{args.target}: {args.source.stat().st_size / 1e6:.1f} MB -> {args.target.stat().st_size / 1e6:.2f} MB, "
-          "same figures")
+          "same figures and timeline")
 
 
 if __name__ == "__main__":

@@ -182,33 +182,55 @@ def activations_mib(memory):
 def floor_ms(result):
     """The larger of the step's H2D and inference per batch (common/floor.py); None for results without it."""
     floor = result.get("floor")
-    return max(floor.values()) if isinstance(floor, dict) and floor else None
+    parts = [floor.get(key) for key in ("h2d_ms", "inference_ms")] if isinstance(floor, dict) else []
+    parts = [part for part in parts if isinstance(part, (int, float))]
+    return max(parts) if parts else None
+
+
+def another_workload(result, ladder):
+    """Whether a rung runs another workload than the ladder's first rung (step 9 mixes batches of 128 and 16): its
+    time per batch is not comparable with the rungs', so the chart draws it apart and the tables say so."""
+    return bool(ladder) and not same_workload(result, ladder[0])
+
+
+def rung_numbered(ladder, number):
+    """The rung of that step number, or None where it is not in the run."""
+    return next((result for result in ladder if step_number(result) == number), None)
 
 
 # ---------------------------------------------------------------------------------------------------
 # The ladder chart (common/report/plots.py draws it)
 
+APART_NOTE = "another workload: not a rung"
+
 
 def draw_ladder(path, ladder):
-    """The ladder chart: every step's median ms per batch with its windows' range, its speedup, and the floor."""
-    bars = []
-    for result, (over_baseline, over_previous) in zip(ladder, speedups(ladder)):
-        spans = windows(result)
-        note = [f"{times(over_baseline[1])} baseline" if over_baseline else ""]
-        if over_previous and over_previous[0] in ("within noise", "other workload"):
-            note.append(f"{over_previous[0]} vs previous")
-        bars.append(plots.LadderBar(step_label(result), ms_per_batch(result), min(spans), max(spans),
-                                    ", ".join(filter(None, note))))
-    floors = [(floor_ms(r), r) for r in ladder if floor_ms(r)]
-    floor = None
-    if floors:
-        lowest, result = min(floors, key=lambda pair: pair[0])
-        floor = (lowest, f"floor {lowest:.2f} ms: max(H2D {result['floor']['h2d_ms']:.2f}, inference "
-                           f"{result['floor']['inference_ms']:.2f}) per batch on one stream, {step_label(result)}'s "
-                           "engine")
-    plots.plot_ladder(path, bars, floor, "time per batch (ms): median over the timed windows, bars from the fastest "
-                                         "to the slowest window; shorter is faster",
-                      f"Inference ladder\n{ladder_subtitle(ladder)}", memory_bars(ladder))
+    """The ladder chart: every rung's median ms per batch with its windows' range, its speedup and its distance
+    from its own floor (fp32 steps against the fp32 engine's floor, FP16 steps against FP16's); a rung of another
+    workload (step 9) below a divider, apart from the rungs."""
+    bars = [ladder_bar(result, over_baseline, over_previous, another_workload(result, ladder))
+            for result, (over_baseline, over_previous) in zip(ladder, speedups(ladder))]
+    order = sorted(range(len(bars)), key=lambda index: bars[index].apart)  # the rungs first, in step order
+    memory = memory_bars(ladder)
+    plots.plot_ladder(path, [bars[index] for index in order],
+                      "time per batch (ms): median over the timed windows, bars from the fastest to the slowest "
+                      "window; shorter is faster",
+                      f"Inference ladder\n{ladder_subtitle(ladder)}",
+                      [memory[index] for index in order] if memory else None)
+
+
+def ladder_bar(result, over_baseline, over_previous, apart):
+    """One step's bar: its figure, its windows' range, its own floor (None for a step of another workload, whose
+    floor, of the ladder's batches, is not its own workload's) and its note."""
+    spans = windows(result)
+    if apart:
+        return plots.LadderBar(step_label(result), ms_per_batch(result), min(spans), max(spans), APART_NOTE,
+                               floor_ms=None, apart=True)
+    note = [f"{times(over_baseline[1])} baseline" if over_baseline else ""]
+    if over_previous and over_previous[0] == "within noise":
+        note.append("within noise vs previous")
+    return plots.LadderBar(step_label(result), ms_per_batch(result), min(spans), max(spans),
+                           ", ".join(filter(None, note)), floor_ms=floor_ms(result))
 
 
 def memory_bars(ladder):

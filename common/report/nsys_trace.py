@@ -52,9 +52,20 @@ takes nothing back (the sum never goes below zero) and is counted. What the trac
 CUDA allocator: PyTorch's caching allocator reserves segments with cudaMalloc and keeps them, so for the PyTorch
 stand-in the sum is the segments reserved, not the tensors in them; the CUDA context and the driver's own
 memory are not in it.
+
+What the timelines draw
+-----------------------
+read_timeline reads a picture's window: about three batches' time (the length of "all batches" over its
+batches, times three) from the middle of "all batches", where the pipeline is full (middle_window), its ends
+moved to the nearest batch start (the start of a batch's "infer" phase) within half a batch. A trace without
+"all batches", or one that holds no rows from its middle (trimmed to the end of the run before the pictures
+needed it), is drawn over "last 3 batches", where a pipeline drains. Trace.window_label says which window it
+is, in the picture's title. The picture lists every stream with GPU work anywhere in the run (Trace.stream_kinds)
+and every thread with NVTX ranges or CUDA API calls in the window, its API calls by kind (api_kind).
 """
 import bisect
 import collections
+import contextlib
 import dataclasses
 import re
 import sqlite3
@@ -81,6 +92,13 @@ KERNEL_LAUNCH_CALLS = {
     "cuLaunchKernel", "cuLaunchKernelEx", "cuLaunchCooperativeKernel",
 }
 GRAPH_LAUNCH_CALLS = {"cudaGraphLaunch", "cuGraphLaunch"}
+# The timelines' row of CUDA API calls, by kind (api_kind): copies are the cudaMemcpy*/cuMemcpy* calls, the
+# synchronous cudaMemcpy too; synchronizations are the calls that make a thread or a stream wait.
+API_KINDS = ("kernel launch", "graph launch", "copy", "synchronization", "other")
+COPY_CALL_PREFIXES = ("cudaMemcpy", "cuMemcpy")
+SYNCHRONIZATION_CALLS = {"cudaStreamSynchronize", "cudaEventSynchronize", "cudaDeviceSynchronize",
+                         "cudaStreamWaitEvent", "cuStreamSynchronize", "cuEventSynchronize", "cuCtxSynchronize",
+                         "cuStreamWaitEvent"}
 # Calls that allocate or free device memory (step 2 removes them from the batch loop).
 ALLOCATION_CALLS = {"cudaMalloc", "cudaFree", "cuMemAlloc", "cuMemFree"}
 # Calls in which the host thread waits for the GPU: not enqueue work, though they sit inside "infer" in steps 1-4.
@@ -96,6 +114,10 @@ MIB = 1 << 20
 # The NVTX phases in which a host thread queues GPU work; "output" is processing results on the host.
 ENQUEUE_PHASES = ("h2d", "infer", "d2h")
 LIMIT_BUSY_PCT = 70.0  # a resource busy this much of the run holds the critical path
+# The timelines: this many batches from the middle of the run, each batch starting where one of its threads
+# opens its "infer" phase (every step has exactly one per batch, on the thread that queues the batch).
+TIMELINE_BATCHES = 3
+BATCH_PHASE = "infer"
 
 # `nsys profile -t cublas,cudnn` records every cuBLAS/cuDNN call as an NVTX range in these domains; they
 # describe the library, not the course's phases, so the timelines leave them out.
@@ -147,7 +169,8 @@ class MemoryInUse:
 
 @dataclasses.dataclass
 class Trace:
-    """What the report uses from one trace: everything that overlaps the NVTX range it was read over (`window`)."""
+    """What the report uses from one trace: everything that overlaps the window it was read over (an NVTX range,
+    or for a timeline the window read_timeline chose)."""
     window: tuple  # (start, end) in ns
     gpu_ops: list
     ranges: list
@@ -156,6 +179,12 @@ class Trace:
     null_streams: set
     nsys_version: str
     memory: MemoryInUse = None  # device memory in use up to the window's end; None where the trace has no record
+    # Timelines (read_timeline): which window this is, in words; the NVTX range whose start the time axis counts
+    # from, with its (start, end); and every stream with GPU work in the whole run -> the kinds of that work
+    # (streams idle in the window still get their lane). Empty for a trace read over a range by read_trace.
+    window_label: str = ""
+    axis_range: tuple = ()  # (name, start, end)
+    stream_kinds: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,21 +236,121 @@ def sqlite_for(directory, stem, nsys):
 
 def read_trace(database, range_name=WINDOW_RANGE):
     """Read the last NVTX range of that name in an nsys SQLite export, and what overlaps it."""
+    with open_export(database) as connection:
+        return read_window(connection, find_window(connection, database, range_name))
+
+
+@contextlib.contextmanager
+def open_export(database):
+    """`with open_export(database) as connection:` a read-only connection; SQLite errors (not an nsys export, a
+    damaged one) become TraceUnavailable."""
     try:
         connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
     except sqlite3.Error as error:
         raise TraceUnavailable(f"{database} not read: {error}") from None
     try:
-        window = find_window(connection, database, range_name)
-        return Trace(
-            window=window, gpu_ops=read_gpu_ops(connection, window),
-            ranges=read_nvtx_ranges(connection, window), api_calls=read_api_calls(connection, window),
-            thread_names=read_thread_names(connection), null_streams=read_null_streams(connection),
-            nsys_version=read_export_version(connection), memory=read_memory_in_use(connection, window))
-    except sqlite3.Error as error:  # not an nsys export, or a damaged one
+        yield connection
+    except sqlite3.Error as error:
         raise TraceUnavailable(f"{database} not read: {error}") from None
     finally:
         connection.close()
+
+
+def read_window(connection, window, **timeline):
+    """What overlaps `window` (start, end) in ns; `timeline`: the Trace fields only a timeline has."""
+    return Trace(
+        window=tuple(window), gpu_ops=read_gpu_ops(connection, window),
+        ranges=read_nvtx_ranges(connection, window), api_calls=read_api_calls(connection, window),
+        thread_names=read_thread_names(connection), null_streams=read_null_streams(connection),
+        nsys_version=read_export_version(connection), memory=read_memory_in_use(connection, window), **timeline)
+
+
+def read_timeline(database, batches=None):
+    """The trace a timeline picture draws: about TIMELINE_BATCHES batches from the middle of the NVTX range
+    "all batches" (middle_window), with `batches` the run's number of batches (the step's batches × repeats;
+    None: its "infer" phases are counted). Where the trace has no "all batches", or holds no rows from its
+    middle (trimmed to the end of the run), the window is the range "last 3 batches". Its window_label says
+    which window it is."""
+    with open_export(database) as connection:
+        run = find_range(connection, RUN_RANGE)
+        if run is not None:
+            starts = batch_starts(connection, run)
+            batches = batches or len(starts)
+            window = middle_window(run, batches, starts) if batches else None
+            if window is not None and holds(connection, window):
+                return read_window(connection, window, window_label=middle_label(window, run, batches, starts),
+                                   axis_range=(RUN_RANGE, *run), stream_kinds=stream_kinds(connection, run))
+            why = f"this trace holds no rows from the middle of \"{RUN_RANGE}\""
+        else:
+            why = f"this trace has no NVTX range \"{RUN_RANGE}\""
+        window = find_window(connection, database, WINDOW_RANGE)
+        label = f"the NVTX range \"{WINDOW_RANGE}\", the end of the run, where a pipeline drains ({why})"
+        return read_window(connection, window, window_label=label, axis_range=(WINDOW_RANGE, *window),
+                           stream_kinds=stream_kinds(connection, run or window))
+
+
+def middle_window(run, batches, starts=(), count=TIMELINE_BATCHES):
+    """(start, end) in ns of about `count` batches from the middle of the run range `run` (start, end) of
+    `batches` batches: count × the mean batch time (the range's length over `batches`), centred on the range's
+    middle; with `starts`, the batches' start times, both ends move to the nearest batch start within half a
+    batch time (the window opens and closes on batch boundaries). A run of `count` batches or fewer is drawn
+    whole."""
+    if batches <= count:
+        return tuple(run)
+    batch_ns = (run[1] - run[0]) / batches
+    start = (run[0] + run[1] - count * batch_ns) / 2
+    inside = sorted(time for time in starts if run[0] <= time < run[1])
+
+    def nearest_start(time, after):
+        candidates = [anchor for anchor in inside if anchor > after and abs(anchor - time) <= batch_ns / 2]
+        return min(candidates, key=lambda anchor: abs(anchor - time), default=round(time))
+
+    start = nearest_start(start, run[0] - 1)
+    return start, min(nearest_start(start + count * batch_ns, start), run[1])
+
+
+def middle_label(window, run, batches, starts):
+    """Which window a timeline of middle_window draws, in words (the picture's title says it)."""
+    anchored = f", opening as the {ordinal(starts.index(window[0]) + 1)} batch's \"{BATCH_PHASE}\" starts" \
+        if window[0] in starts else ""
+    return (f"about {TIMELINE_BATCHES} batches' time ({(window[1] - window[0]) / 1e6:.1f} ms) from the middle of "
+            f"the NVTX range \"{RUN_RANGE}\" ({batches} batches), the steady state{anchored}")
+
+
+def ordinal(number):
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
+
+
+def batch_starts(connection, run):
+    """When each batch of the run starts: the starts of its BATCH_PHASE ranges inside the run range, in order."""
+    if not columns(connection, "NVTX_EVENTS"):
+        return []
+    rows = connection.execute(
+        f"SELECT n.start FROM NVTX_EVENTS AS n WHERE {nvtx_name_sql(connection)} = ? AND n.end > n.start "
+        "AND n.start >= ? AND n.start < ? ORDER BY n.start", (BATCH_PHASE, *run))
+    return [start for (start,) in rows]
+
+
+def holds(connection, window):
+    """Whether the export holds its rows from before the window to after it: a trimmed export keeps only the rows
+    that overlap what it was trimmed to, so its earliest end and latest start bound what it holds. Checked on
+    the API calls and the NVTX ranges, which every batch has."""
+    for table, where in (("CUPTI_ACTIVITY_KIND_RUNTIME", ""), ("NVTX_EVENTS", "WHERE end IS NOT NULL")):
+        if not columns(connection, table):
+            continue
+        earliest_end, latest_start = connection.execute(f"SELECT MIN(end), MAX(start) FROM {table} {where}").fetchone()
+        if earliest_end is not None and not (earliest_end <= window[0] and latest_start >= window[1]):
+            return False
+    return True
+
+
+def stream_kinds(connection, span):
+    """Every stream with GPU work overlapping `span` -> the kinds of that work, in GPU_OP_KINDS order."""
+    kinds = collections.defaultdict(set)
+    for op in read_gpu_ops(connection, span):
+        kinds[op.stream].add(op.kind)
+    return {stream: tuple(kind for kind in GPU_OP_KINDS if kind in found) for stream, found in sorted(kinds.items())}
 
 
 def columns(connection, table):
@@ -240,12 +369,19 @@ def find_window(connection, database, range_name=WINDOW_RANGE):
     """(start, end) in ns of the last NVTX range named range_name."""
     if not columns(connection, "NVTX_EVENTS"):
         raise TraceUnavailable(f"{database} has no NVTX events (profile with `nsys profile -t cuda,nvtx`)")
-    row = connection.execute(
-        f"SELECT n.start, n.end FROM NVTX_EVENTS AS n WHERE {nvtx_name_sql(connection)} = ? AND n.end > n.start "
-        "ORDER BY n.start DESC LIMIT 1", (range_name,)).fetchone()
+    row = find_range(connection, range_name)
     if row is None:
         raise TraceUnavailable(f"{database} has no NVTX range {range_name!r} (is it a trace of a course step?)")
     return row
+
+
+def find_range(connection, range_name):
+    """(start, end) in ns of the last NVTX range named range_name; None where there is none."""
+    if not columns(connection, "NVTX_EVENTS"):
+        return None
+    return connection.execute(
+        f"SELECT n.start, n.end FROM NVTX_EVENTS AS n WHERE {nvtx_name_sql(connection)} = ? AND n.end > n.start "
+        "ORDER BY n.start DESC LIMIT 1", (range_name,)).fetchone()
 
 
 def read_gpu_ops(connection, window):
@@ -295,6 +431,19 @@ def read_api_calls(connection, window):
 def api_base_name(name):
     """'cudaLaunchKernel_v7000' -> 'cudaLaunchKernel' (the export appends the API version)."""
     return re.sub(r"_v\d+$", "", name)
+
+
+def api_kind(name):
+    """The kind of a CUDA API call (its base name) in the timelines' API row: one of API_KINDS."""
+    if name in KERNEL_LAUNCH_CALLS:
+        return "kernel launch"
+    if name in GRAPH_LAUNCH_CALLS:
+        return "graph launch"
+    if name.startswith(COPY_CALL_PREFIXES):
+        return "copy"
+    if name in SYNCHRONIZATION_CALLS:
+        return "synchronization"
+    return "other"
 
 
 def read_memory_in_use(connection, window):
