@@ -134,9 +134,10 @@ def main():
     batches = cuda.pinned_copies(run.batches)  # as if the decoder had written them there
     outputs = [None] * len(batches)
     timer = results.Timer(args.batches, args.repeats)
-    step8.run_contexts(run, batches, outputs, timer, step8.CONTEXTS)
+    pipelines = step8.run_contexts(run, batches, outputs, timer, step8.CONTEXTS)
 
     held = memory.held(run.loaded)  # the timed run's; the latency side adds contexts of its own
+    del pipelines
     latency = measure_latency(args, run, fp32_input)
     print_latency(latency)
     results.finish(__doc__, args, run, timer, outputs, held=held, extra={

