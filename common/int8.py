@@ -23,7 +23,6 @@ import io
 import logging
 import warnings
 
-import onnx
 import torch
 import torchvision
 from torch.fx.experimental.optimization import fuse
@@ -203,6 +202,7 @@ def export_onnx(model, onnx_path, input_name, output_name):
     """The fake-quantized network to ONNX with Q/DQ nodes and a dynamic batch axis, through the TorchScript
     exporter: torch.export has no kernel for fake quantization (it fails inside it), so the dynamo exporter that
     the other precisions use cannot trace it. (The batch axis has no upper bound here: the profiles set it.)"""
+    import onnx  # here, not at the top: every step imports this module (through the stand-in), none exports
     example = torch.zeros(2, *data.IMAGE_SHAPE)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
