@@ -16,8 +16,8 @@
    only mode TensorRT 11 has) with one optimization profile per --profile, reusing a timing cache.
    With --backend torch it writes the stand-in's engine file instead (for int8: the weights and the
    calibration's scales, from which it runs the fake-quantized network), and compiles the stand-in with
-   PyTorch's Inductor for the profiles' batch range, as a build compiles a plan, saving the compile cache
-   beside it (--stand-in eager, or a machine where compiling cannot run, leaves it eager PyTorch).
+   PyTorch's Inductor, a graph per profile at its opt shape, as a build compiles a plan, saving the compile
+   cache beside it (--stand-in eager, or a machine where compiling cannot run, leaves it eager PyTorch).
 Each engine gets a metadata file (<engine>.json) that later steps check before they run.
 
 Examples:

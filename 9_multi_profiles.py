@@ -13,10 +13,9 @@ comparable with theirs. What the profiles buy is measured after the timed run, i
 profile": the same mixed workload through the same pipelines (two contexts, one for the large batches
 and one for the small), on step 4's engine, whose one profile (1:128:128) takes every batch (the
 result's "one_profile"; --one-profile-engine). With TensorRT, which tunes each profile's kernels for its
-opt shape, that is what the profiles buy. The PyTorch stand-in cannot show that: it compiles one graph
-per engine for the engine's whole batch range (a dynamic batch dimension), not one per profile. On the
-H200 (make reproduce, 2026-12-02) the two were within noise: 0.87 ms per batch with two profiles, 0.80
-with one.
+opt shape, that is what the profiles buy. The PyTorch stand-in does the same in its own way: it compiles
+a graph per profile at the profile's opt shape, so the small batches run a graph compiled at 16 on this
+engine and one compiled at 128 on step 4's.
 
 What to look for in the timeline (reports/9_multi_profiles.nsys-rep):
 - two compute streams, one running the small batches and one the large ones;

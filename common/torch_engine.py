@@ -5,11 +5,12 @@ produces is a PyTorch figure, never a TensorRT one, and the course labels it so.
 
 It is built as a TensorRT engine is: once, ahead of the runs. `0_build.py --backend torch` folds each
 BatchNorm into its convolution (as TensorRT's builder does), compiles the network with PyTorch's
-Inductor for the engine's whole batch range (one dynamic batch dimension, bounded by the profiles),
-runs it once at each profile's opt shape, and saves PyTorch's portable compile caches beside the
-engine file (`<engine>.compiled`), keyed like a TensorRT plan by GPU, torch version, precision, input
-and weights. A step that loads the engine loads that cache and compiles from it in about a second;
-where it is missing or stale it says "recompiling: ..." and compiles again (slower, the same result).
+Inductor into one graph per optimization profile (a dynamic batch dimension bounded by the profile,
+compiled at its opt shape, as TensorRT tunes a profile's kernels for its opt; batch 1 apart), and
+saves PyTorch's portable compile caches beside the engine file (`<engine>.compiled`), keyed like a
+TensorRT plan by GPU, torch version, precision, input and weights. A step that loads the engine loads
+that cache and compiles from it in seconds; where it is missing or stale it says "recompiling: ..."
+and compiles again (slower, the same result).
 Eager PyTorch is the fallback where compilation cannot run (no GPU, no Triton, no C compiler, a
 compile error) or where the build asked for it (`--stand-in eager`); every label says which ran.
 
@@ -248,36 +249,45 @@ def why_not_compiled():
     return None
 
 
-def warm_sizes(profiles):
-    """The batch sizes a compile is warmed at: every profile's opt, then batch 1 where a profile takes it (PyTorch
-    compiles a size of 1 on its own: a dynamic dimension starts at 2), then the largest batch if no size of 2 or
-    more came up, so that no compile is left for a run to pay."""
-    sizes = list(dict.fromkeys(opt for _, opt, _ in profiles))
+def profile_graphs(profiles):
+    """The graphs a compile makes, as (the batch size it is compiled at, the (min, max) of its dynamic batch
+    dimension, or None for a graph of that one size): one per profile for the profile's batches of 2 and more,
+    compiled at its opt shape (its largest batch where the opt is 1), as TensorRT tunes each profile's kernels for
+    its opt shape; then one for batch 1 where a profile takes it (PyTorch compiles a size of 1 on its own: a
+    dynamic dimension starts at 2). PyTorch picks the graph whose range holds a batch; where two profiles' ranges
+    overlap, a batch in both may run either profile's graph (TensorRT would run the active profile's)."""
+    graphs = []
+    for low, opt, high in profiles:
+        if high >= 2:
+            lowest = max(2, low)
+            graphs.append((opt if opt >= 2 else high, (lowest, high) if lowest < high else None))
     if min(low for low, _, _ in profiles) == 1:
-        sizes.append(1)
-    if all(size == 1 for size in sizes):
-        sizes.append(max(high for _, _, high in profiles))
-    return list(dict.fromkeys(sizes))
+        graphs.append((1, None))
+    return list(dict.fromkeys(graphs))
 
 
-def load_sizes(profiles):
-    """The sizes a load warms at: the build's first, which compiles the graph of every batch of 2 or more (batch 1
-    compiles at its first enqueue, from the same cache: no ladder step runs it)."""
-    return warm_sizes(profiles)[:1]
+def load_graphs(profiles):
+    """The graphs a load compiles from the cache: the build's, but batch 1 (it compiles at its first enqueue, from
+    the same cache: no ladder step runs it), unless that is all there is."""
+    graphs = profile_graphs(profiles)
+    return [graph for graph in graphs if graph[0] >= 2] or graphs
 
 
-def compile_module(model, profiles, image_input, sizes):
-    """The module compiled by Inductor (default mode), warmed at `sizes` (warm_sizes at build, load_sizes at load):
-    one graph for the batches of 2 and more of every profile (a dynamic batch dimension), one for batch 1. Returns
-    it and the seconds it took. The same calls at build and at load, in the same order, so that a load finds the
-    build's compiled graphs in the cache."""
+def describe_graphs(graphs):
+    """"2..32 at 16, 33..128 at 128, 1": what a compile makes, for its log line."""
+    return ", ".join(f"{span[0]}..{span[1]} at {size}" if span else str(size) for size, span in graphs)
+
+
+def compile_module(model, image_input, graphs):
+    """The module compiled by Inductor (default mode), with `graphs` compiled (profile_graphs at build, load_graphs
+    at load): each by a first call at its size, with its dynamic range marked. Returns it and the seconds it took.
+    The same calls at build and at load, in the same order, so that a load finds the build's graphs in the cache."""
     compiled = torch.compile(model)
-    lowest, highest = max(2, min(low for low, _, _ in profiles)), max(high for _, _, high in profiles)
     started = time.perf_counter()
-    for size in sizes:
+    for size, span in graphs:
         images = torch.zeros((size, *image_input.shape), dtype=getattr(torch, image_input.dtype), device="cuda")
-        if size >= 2 and lowest < highest:
-            torch._dynamo.mark_dynamic(images, 0, min=lowest, max=highest)
+        if span:
+            torch._dynamo.mark_dynamic(images, 0, min=span[0], max=span[1])
         with torch.inference_mode():
             compiled(images)
     torch.cuda.synchronize()
@@ -293,7 +303,8 @@ def cache_key(precision, image_input, weights_digest, profiles):
     """What a compiled stand-in is valid for, as a TensorRT plan is for one GPU and one TensorRT version."""
     major, minor = torch.cuda.get_device_capability()
     return {"compute_capability": f"{major}.{minor}", "torch": torch.__version__, "precision": precision,
-            "input": str(image_input), "weights": weights_digest, "profiles": [list(p) for p in profiles]}
+            "input": str(image_input), "weights": weights_digest, "profiles": [list(p) for p in profiles],
+            "graphs": describe_graphs(profile_graphs(profiles))}  # a cache of other graphs would be compiled again
 
 
 def build(engine_file, precision, profiles, image_input, weights_digest, requested):
@@ -302,13 +313,12 @@ def build(engine_file, precision, profiles, image_input, weights_digest, request
     cache_path(engine_file).unlink(missing_ok=True)  # an earlier build's cache must not outlive it
     why_eager = "asked for (--stand-in eager)" if requested == "eager" else why_not_compiled()
     if why_eager is None:
-        lowest, highest = min(p[0] for p in profiles), max(p[2] for p in profiles)
-        print(f"compiling the stand-in with PyTorch Inductor for batch {lowest}..{highest} "
-              f"(warmed at {', '.join(map(str, warm_sizes(profiles)))}) ...")
+        print(f"compiling the stand-in with PyTorch Inductor, a graph per profile (batches at the opt shape): "
+              f"{describe_graphs(profile_graphs(profiles))} ...")
         torch.compiler.reset()  # a fresh compiler state: what is saved is this compile's
         try:
-            _, seconds = compile_module(inference_module(engine_file, precision, image_input), profiles, image_input,
-                                        warm_sizes(profiles))
+            _, seconds = compile_module(inference_module(engine_file, precision, image_input), image_input,
+                                        profile_graphs(profiles))
             artifacts = torch.compiler.save_cache_artifacts()
         except CourseError:
             raise
@@ -382,7 +392,7 @@ def compiled_from_cache(model, engine_file, metadata, image_input):
             # and shutdown would only lengthen its own.
             torch._inductor.config.compile_threads = 1
         try:
-            return compile_module(model, profiles, image_input, load_sizes(profiles))[0], "compiled"
+            return compile_module(model, image_input, load_graphs(profiles))[0], "compiled"
         except torch.cuda.OutOfMemoryError:
             raise CourseError(f"out of GPU memory compiling {engine_file}: free the GPU") from None
         except Exception as error:  # noqa: BLE001 (as at build time: eager PyTorch runs everywhere)

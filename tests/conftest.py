@@ -34,6 +34,19 @@ def run_script(script, *args, cwd=REPO, env=None, timeout=600):
                           capture_output=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def build_engines(path, builds):
+    """Run 0_build.py in `path` once per list of its options in `builds` (the stand-in). Where COURSE_TEST_ENGINES
+    names a directory of engines (`COURSE_TEST_ENGINES=engines` after `make build BACKEND=torch`), they are copied
+    in first, so a build made for the same options only checks that it is up to date: the GPU tests then cost no
+    compiling beyond what differs from make's."""
+    made = os.environ.get("COURSE_TEST_ENGINES")
+    if made:
+        shutil.copytree(REPO / made, path / "engines", dirs_exist_ok=True)
+    for options in builds:
+        result = run_script("0_build.py", "--backend", "torch", *options, cwd=path)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
 # The engines `make build BACKEND=torch` makes: name -> (precision, optimization profiles).
 STAND_IN_ENGINES = {
     "resnet18_fp32": ("fp32", [(1, 128, 128)]),

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import assert_refused, requires_gpu, run_script, snapshot
+from conftest import assert_refused, build_engines, requires_gpu, run_script, snapshot
 
 pytestmark = requires_gpu
 TORCH = ["--backend", "torch"]
@@ -24,11 +24,9 @@ DAMAGED = "engines/damaged.torch.pt"
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     path = tmp_path_factory.mktemp("bad-inputs")
-    for extra in (["--precision", "fp32"], ["--precision", "fp16"],
-                  ["--precision", "fp16", "--profile", "1:16:32", "--profile", "33:128:128",
-                   "--name", "resnet18_fp16_2profiles"]):
-        result = run_script("0_build.py", *TORCH, *extra, cwd=path)
-        assert result.returncode == 0, result.stderr
+    build_engines(path, [["--precision", "fp32"], ["--precision", "fp16"],
+                         ["--precision", "fp16", "--profile", "1:16:32", "--profile", "33:128:128",
+                          "--name", "resnet18_fp16_2profiles"]])
     (path / "reports").mkdir()  # as a run leaves it: a check that it can be created would touch the directory above
     return path
 

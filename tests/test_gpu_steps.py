@@ -5,13 +5,15 @@ a scratch directory by 0_build.py, exactly as `make build BACKEND=torch` builds 
 """
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
 
-from conftest import REPO, requires_gpu, run_script
+from conftest import REPO, build_engines, requires_gpu, run_script
 
 pytestmark = requires_gpu
 SMALL = ["--backend", "torch", "--batches", "4", "--batch-size", "32", "--repeats", "2"]
@@ -22,11 +24,9 @@ STEPS = ["1_baseline", "2_reuse_buffers", "3_use_pin_memory", "4_use_fp16", "5_m
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory):
     path = tmp_path_factory.mktemp("gpu")
-    for extra in (["--precision", "fp32"], ["--precision", "fp16"],
-                  ["--precision", "fp16", "--profile", "1:16:32", "--profile", "33:128:128",
-                   "--name", "resnet18_fp16_2profiles"], ["--precision", "fp16", "--input", "uint8"]):
-        result = run_script("0_build.py", "--backend", "torch", *extra, cwd=path)
-        assert result.returncode == 0, result.stderr
+    build_engines(path, [["--precision", "fp32"], ["--precision", "fp16"],
+                         ["--precision", "fp16", "--profile", "1:16:32", "--profile", "33:128:128",
+                          "--name", "resnet18_fp16_2profiles"], ["--precision", "fp16", "--input", "uint8"]])
     return path
 
 
@@ -328,6 +328,43 @@ def test_step9_routes_batches_to_their_profiles_and_refuses_others(workdir):
     refused = run_script("9_multi_profiles.py", *SMALL, "--batch-size", "200", cwd=workdir)
     assert refused.returncode == 1 and "batch size 200 is outside every profile" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+GRAPHS_PER_PROFILE = """
+import json, sys
+from torch._dynamo.utils import counters
+from common import cuda, engine
+loaded = engine.load("torch", sys.argv[1], "fp16", cuda.require_gpu())
+after_load = counters["stats"]["unique_graphs"]
+stream = cuda.create_stream()
+for profile, sizes in enumerate(json.loads(sys.argv[2])):
+    context = loaded.engine.create_execution_context()
+    context.set_optimization_profile_async(profile, stream)
+    for size in sizes:
+        context.set_input_shape("input", loaded.input.shape_for(size))
+        context.set_tensor_address("input", cuda.malloc(loaded.input.nbytes(size)))
+        context.set_tensor_address("logits", cuda.malloc(loaded.output.nbytes(size)))
+        assert context.execute_async_v3(stream)
+cuda.synchronize(stream)
+print(json.dumps({"after_load": after_load, "after_runs": counters["stats"]["unique_graphs"]}))
+"""
+
+
+@pytest.mark.parametrize("name, sizes, graphs", [
+    ("resnet18_fp16_2profiles", [[2, 16, 32], [33, 100, 128]], 2),  # a graph per profile, compiled at its opt
+    ("resnet18_fp16", [[2, 16, 33, 128]], 1),
+])
+def test_the_stand_in_loads_a_graph_per_profile_and_runs_each_profiles_batches_without_compiling(workdir, name,
+                                                                                                 sizes, graphs):
+    """As TensorRT has kernels per profile: each profile's batches of 2 and more run the graph compiled for it at
+    the build (found in the cache at the load); none of them compiles another one."""
+    result = subprocess.run([sys.executable, "-c", GRAPHS_PER_PROFILE, f"engines/{name}.torch.pt", json.dumps(sizes)],
+                            cwd=workdir, text=True, capture_output=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    counted = json.loads(result.stdout.splitlines()[-1])
+    assert counted == {"after_load": graphs, "after_runs": graphs}, counted
+    assert "recompiling" not in result.stdout
 
 
 LADDER_FIELDS = {"step", "stem", "title", "lesson", "backend", "backend_label", "engine", "precision", "device",

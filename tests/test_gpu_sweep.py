@@ -13,7 +13,7 @@ import pytest
 
 from common.report import ladder
 from common.errors import CourseError
-from conftest import REPO, requires_gpu, run_script
+from conftest import REPO, build_engines, requires_gpu, run_script
 
 pytestmark = requires_gpu
 TORCH = ["--backend", "torch"]
@@ -22,10 +22,8 @@ TORCH = ["--backend", "torch"]
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory):
     path = tmp_path_factory.mktemp("batching")
-    for extra in (["--precision", "fp16"],
-                  ["--precision", "fp16", "--profile", "1:16:64", "--name", "resnet18_fp16_wide"]):
-        result = run_script("0_build.py", *TORCH, *extra, cwd=path)
-        assert result.returncode == 0, result.stderr
+    build_engines(path, [["--precision", "fp16"],
+                         ["--precision", "fp16", "--profile", "1:16:64", "--name", "resnet18_fp16_wide"]])
     return path
 
 

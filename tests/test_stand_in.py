@@ -16,14 +16,22 @@ IMAGES = data.IMAGE_INPUTS["float32"]
 PROFILES = [(1, 128, 128)]
 
 
-@pytest.mark.parametrize("profiles, sizes", [
-    ([(1, 128, 128)], [128, 1]),  # the opt shape on the dynamic graph, then batch 1, which PyTorch compiles apart
-    ([(1, 16, 32), (33, 128, 128)], [16, 128, 1]),  # step 9's engine: both opt shapes, one dynamic graph
-    ([(64, 128, 256)], [128]),  # no batch 1 in range: nothing to compile apart
-    ([(1, 1, 8)], [1, 8]),  # an opt of 1 would leave the dynamic graph to the first run: warm the largest too
+@pytest.mark.parametrize("profiles, graphs", [
+    # a dynamic graph for batches 2 to 128 compiled at the opt shape, then batch 1, which PyTorch compiles apart
+    ([(1, 128, 128)], [(128, (2, 128)), (1, None)]),
+    ([(1, 16, 32), (33, 128, 128)], [(16, (2, 32)), (128, (33, 128)), (1, None)]),  # step 9's engine: one per profile
+    ([(64, 128, 256)], [(128, (64, 256))]),  # no batch 1 in range: nothing to compile apart
+    ([(1, 1, 8)], [(8, (2, 8)), (1, None)]),  # an opt of 1: the profile's graph is compiled at its largest batch
+    ([(8, 8, 8), (1, 1, 1)], [(8, None), (1, None)]),  # profiles of one size: a graph of that size each
 ])
-def test_the_compile_is_warmed_at_every_opt_shape_and_batch_1(profiles, sizes):
-    assert torch_engine.warm_sizes(profiles) == sizes
+def test_a_graph_is_compiled_per_profile_at_its_opt_shape_and_batch_1_apart(profiles, graphs):
+    assert torch_engine.profile_graphs(profiles) == graphs
+
+
+def test_a_load_compiles_the_profiles_graphs_and_leaves_batch_1_to_its_first_enqueue():
+    assert torch_engine.load_graphs([(1, 16, 32), (33, 128, 128)]) == [(16, (2, 32)), (128, (33, 128))]
+    assert torch_engine.load_graphs([(1, 1, 1)]) == [(1, None)]
+    assert torch_engine.describe_graphs([(16, (2, 32)), (1, None)]) == "2..32 at 16, 1"
 
 
 def key(**changes):
@@ -81,10 +89,10 @@ class FakeCompiler:
         monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (b"artifacts", "info"))
         monkeypatch.setattr(torch.compiler, "reset", lambda: None)
 
-    def compile_module(self, model, profiles, image_input, sizes):
+    def compile_module(self, model, image_input, graphs):
         if self.fails:
             raise self.fails
-        self.compiled.append((model, profiles, sizes))
+        self.compiled.append((model, graphs))
         return f"compiled {model}", 8.5
 
 
@@ -95,7 +103,7 @@ def test_load_compiles_from_the_builds_cache(compiled_engine, monkeypatch, capsy
     assert torch_engine.compiled_from_cache("the module", engine_file, metadata, IMAGES) == (
         "compiled the module", "compiled")
     assert fake.loaded == [b"portable compile caches"] and capsys.readouterr().out == ""
-    assert fake.compiled == [("the module", PROFILES, [128])]  # the dynamic graph; batch 1 at its first enqueue
+    assert fake.compiled == [("the module", [(128, (2, 128))])]  # the profile's graph; batch 1 at its first enqueue
 
 
 def test_a_stale_cache_means_recompiling_said_in_one_line(compiled_engine, monkeypatch, capsys):
