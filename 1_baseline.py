@@ -26,7 +26,7 @@ def infer(context, stream, run, images):
         input_address = cuda.malloc(run.input.nbytes(len(images)))
         output_address = cuda.malloc(run.output.nbytes(len(images)))
     with nvtx.phase("h2d"):
-        cuda.memcpy_htod(input_address, images)
+        cuda.memcpy_htod(input_address, images, stream)
     with nvtx.phase("infer"):
         engines.accepted(context.set_input_shape(run.input.name, images.shape), "the input shape")
         engines.accepted(context.set_tensor_address(run.input.name, input_address), "the input's address")
@@ -36,7 +36,7 @@ def infer(context, stream, run, images):
         cuda.synchronize(stream)
     logits = np.empty(run.output.shape_for(len(images)), run.output.dtype)
     with nvtx.phase("d2h"):
-        cuda.memcpy_dtoh(logits, output_address)
+        cuda.memcpy_dtoh(logits, output_address, stream)
     with nvtx.phase("free"):
         cuda.free(input_address)
         cuda.free(output_address)

@@ -33,7 +33,7 @@ def infer(context, stream, run, buffers, images):
     """One batch through the reused buffers: copy in, run, copy out."""
     input_address, output_address = buffers
     with nvtx.phase("h2d"):
-        cuda.memcpy_htod(input_address, images)
+        cuda.memcpy_htod(input_address, images, stream)
     with nvtx.phase("infer"):
         engines.accepted(context.set_input_shape(run.input.name, images.shape), "the input shape")
         if not context.execute_async_v3(stream):
@@ -41,7 +41,7 @@ def infer(context, stream, run, buffers, images):
         cuda.synchronize(stream)
     logits = np.empty(run.output.shape_for(len(images)), run.output.dtype)
     with nvtx.phase("d2h"):
-        cuda.memcpy_dtoh(logits, output_address)
+        cuda.memcpy_dtoh(logits, output_address, stream)
     return logits
 
 

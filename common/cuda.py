@@ -103,14 +103,20 @@ def is_pinned(array):
     return attributes.type == cudart.cudaMemoryType.cudaMemoryTypeHost
 
 
-def memcpy_htod(device_address, host_array):
-    check(cudart.cudaMemcpy(device_address, host_array.ctypes.data, host_array.nbytes,
-                            cudart.cudaMemcpyKind.cudaMemcpyHostToDevice))
+# The synchronous copies of steps 1 and 2 go on the inference's stream and wait for it. cudaMemcpy would run on
+# the legacy default stream, which the course's non-blocking streams never wait for, and from pageable memory it
+# returns once the data is staged, before it may have landed (CUDA's "API synchronization behavior"): an
+# inference queued right after it could read a half-copied batch.
+def memcpy_htod(device_address, host_array, stream):
+    """Copy into device memory on `stream` and wait until the data is there."""
+    memcpy_htod_async(device_address, host_array, stream)
+    synchronize(stream)
 
 
-def memcpy_dtoh(host_array, device_address):
-    check(cudart.cudaMemcpy(host_array.ctypes.data, device_address, host_array.nbytes,
-                            cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost))
+def memcpy_dtoh(host_array, device_address, stream):
+    """Copy out of device memory on `stream` (after what is queued there) and wait until the data is here."""
+    memcpy_dtoh_async(host_array, device_address, stream)
+    synchronize(stream)
 
 
 def memcpy_htod_async(device_address, host_array, stream):

@@ -217,11 +217,10 @@ def graph_fixture(workdir, monkeypatch):
 
 
 def logits_of(cuda, graphs_or_context, stream, slot, output, images, launch):
-    cuda.memcpy_htod(slot.address, images)
+    cuda.memcpy_htod(slot.address, images, stream)
     launch(slot, len(images))
-    cuda.synchronize(stream)
     host = np.empty((len(images), 1000), np.float32)
-    cuda.memcpy_dtoh(host, output)
+    cuda.memcpy_dtoh(host, output, stream)
     return host
 
 
@@ -253,7 +252,7 @@ def test_each_replay_sets_the_contexts_shape_and_address_back_to_its_graphs(work
         launch_graph(graph, on_stream)
     monkeypatch.setattr(module.cuda, "launch_graph", recorded)
     for used, size in ((slot, 32), (other, 64), (slot, 32), (other, 32)):
-        cuda.memcpy_htod(used.address, data.make_batches(1, size, seed=size)[0])
+        cuda.memcpy_htod(used.address, data.make_batches(1, size, seed=size)[0], stream)
         graphs.launch(used, size)
     cuda.synchronize(stream)
     assert replays == [(slot.address, 32), (other.address, 64), (slot.address, 32), (other.address, 32)]
@@ -305,7 +304,7 @@ def test_two_threads_capturing_new_shapes_at_once_both_capture(workdir, monkeypa
         images = data.make_batches(1, size, seed=size)[0]
         want = logits_of(cuda, direct, stream, slot, output, images, direct.enqueue)
         for index in range(2):
-            np.testing.assert_array_equal(replayed[index, size], want)
+            np.testing.assert_array_equal(replayed[index, size], want, err_msg=f"thread {index}, batch of {size}")
 
 
 def test_step8_contexts_run_concurrently_and_share_the_batches(workdir, monkeypatch):

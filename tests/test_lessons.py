@@ -1,9 +1,10 @@
 """CPU tests of the steps' own logic that needs no GPU: TensorRT's refusals stop a step, step 8's and step 9's
-comparisons cut and route batches as they say, and a side measurement's timer leaves the trace's ranges alone."""
+comparisons cut and route batches as they say, steps 1 and 2 copy on the inference's stream, and a side
+measurement's timer leaves the trace's ranges alone."""
 import numpy as np
 import pytest
 
-from common import engine, nvtx, results, steps
+from common import cuda, engine, nvtx, results, steps
 from common.errors import CourseError
 
 
@@ -39,6 +40,60 @@ def test_accepted_passes_true_and_refuses_false():
     engine.accepted(True, "anything")
     with pytest.raises(CourseError, match="TensorRT refused the input shape: see its log above"):
         engine.accepted(False, "the input shape")
+
+
+class RecordedCudart:
+    """The cudart calls step 1's batch makes, recorded in order with the stream each is queued on."""
+
+    def __init__(self, monkeypatch):
+        self.calls, success = [], cuda.cudart.cudaError_t.cudaSuccess
+        kinds = {cuda.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice: "H2D",
+                 cuda.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost: "D2H"}
+        addresses = iter(range(0x10000, 0x1000000, 0x10000))
+        recorders = {
+            "cudaMalloc": lambda nbytes: self.record(("cudaMalloc",), (success, next(addresses))),
+            "cudaFree": lambda address: self.record(("cudaFree",), (success,)),
+            "cudaMemcpy": lambda *args: self.record(("cudaMemcpy", kinds[args[3]]), (success,)),
+            "cudaMemcpyAsync": lambda *args: self.record(("cudaMemcpyAsync", kinds[args[3]], args[4]), (success,)),
+            "cudaStreamSynchronize": lambda stream: self.record(("cudaStreamSynchronize", stream), (success,)),
+        }
+        for name, recorder in recorders.items():
+            monkeypatch.setattr(cuda.cudart, name, recorder)
+
+    def record(self, call, returned):
+        self.calls.append(call)
+        return returned
+
+
+class RecordedContext:
+    def __init__(self, calls):
+        self.calls = calls
+
+    def set_input_shape(self, name, shape):
+        return True
+
+    def set_tensor_address(self, name, memory):
+        return True
+
+    def execute_async_v3(self, stream_handle):
+        self.calls.append(("execute_async_v3", stream_handle))
+        return True
+
+
+def test_step1s_synchronous_copies_are_queued_on_the_inference_stream_and_waited_for(monkeypatch):
+    """cudaMemcpy runs on the legacy default stream, which the course's non-blocking streams do not wait for, and
+    from pageable memory it can return before the data has landed: the inference could read a half-copied batch."""
+    step1, cudart = steps.load("1_baseline"), RecordedCudart(monkeypatch)
+    run = type("Run", (), {"input": engine.TensorSpec("input", (-1, 3, 4, 4), np.dtype("float32")),
+                           "output": engine.TensorSpec("logits", (-1, 10), np.dtype("float32"))})
+    stream = 7
+    logits = step1.infer(RecordedContext(cudart.calls), stream, run, np.zeros((2, 3, 4, 4), np.float32))
+    assert logits.shape == (2, 10)
+    assert cudart.calls == [("cudaMalloc",), ("cudaMalloc",),
+                            ("cudaMemcpyAsync", "H2D", stream), ("cudaStreamSynchronize", stream),
+                            ("execute_async_v3", stream), ("cudaStreamSynchronize", stream),
+                            ("cudaMemcpyAsync", "D2H", stream), ("cudaStreamSynchronize", stream),
+                            ("cudaFree",), ("cudaFree",)]
 
 
 def test_step8_rebatches_the_same_images_and_drops_a_remainder():

@@ -67,7 +67,7 @@ def main():
     images = cuda.pinned_copy(data.make_batches(1, args.batch_size, seed=0)[0])
     logits = cuda.pinned_empty(loaded.output.shape_for(args.batch_size), loaded.output.dtype)
     input_address, output_address = cuda.malloc(images.nbytes), cuda.malloc(logits.nbytes)
-    cuda.memcpy_htod(input_address, images)
+    cuda.memcpy_htod(input_address, images, stream)
     context.set_input_shape(loaded.input.name, images.shape)
     context.set_tensor_address(loaded.input.name, input_address)
     context.set_tensor_address(loaded.output.name, output_address)
