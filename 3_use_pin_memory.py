@@ -1,12 +1,12 @@
 """Pinned memory: page-locked host buffers and asynchronous copies, with one synchronization per batch.
 
-Changed from step 2: the images and the logits live in page-locked (pinned) host memory, and the
-copies, still on the inference stream, no longer wait for the data to arrive. The copy engines can read and write
-pinned memory directly (DMA); pageable memory must first be staged by the driver through a pinned
+Changed from step 2: the images and the logits live in page-locked (pinned) host memory, and the copies,
+still on the inference stream, no longer wait for the data to arrive. The copy engines can read and
+write pinned memory directly (DMA); pageable memory must first be staged by the driver through a pinned
 buffer of its own, chunk by chunk, which roughly halves the bandwidth or worse. Copies that do not wait
 also let the copy, the inference and the copy back be queued on the stream in one go: the host waits
-once per batch instead of after each of them. The two changes come together: from pageable memory
-even cudaMemcpyAsync may hold the host while the driver stages the data (CUDA's "API synchronization
+once per batch instead of after each of them. The two changes come together: from pageable memory even
+cudaMemcpyAsync may hold the host while the driver stages the data (CUDA's "API synchronization
 behavior"), so only pinned buffers make the copies truly asynchronous.
 
 Where the pinned images come from: the step copies its batches into pinned memory before the timing,
