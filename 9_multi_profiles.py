@@ -15,7 +15,7 @@ and one for the small), on step 4's engine, whose one profile (1:128:128) takes 
 result's "one_profile"; --one-profile-engine). With TensorRT, which tunes each profile's kernels for its
 opt shape, that is what the profiles buy. The PyTorch stand-in does the same in its own way: it compiles
 a graph per profile at the profile's opt shape, so the small batches run a graph compiled at 16 on this
-engine and one compiled at 128 on step 4's. On an H200 the stand-in, under nsys (`make profile-all
+engine and one compiled at 128 on step 4's. On an H200 the compiled stand-in, under nsys (`make profile-all
 BACKEND=torch`, two windows, c6cb1e0), took 1.10 ms per batch with two profiles and 1.29 with one:
 1.18x, but within noise (the windows spread 48% and 36%, as the mixed workload's do).
 
