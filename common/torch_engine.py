@@ -278,11 +278,23 @@ def describe_graphs(graphs):
     return ", ".join(f"{span[0]}..{span[1]} at {size}" if span else str(size) for size, span in graphs)
 
 
+def with_own_forward(model):
+    """`model` as an FX GraphModule, whose forward is code generated for this module alone (fuse's output already is).
+
+    torch.compile keeps a code object's compiled graphs with that code, and after `recompile_limit` (8) of them it
+    runs the code as eager PyTorch with only a warning. The fp16 and uint8 wrappers (data.Fp16Compute,
+    Uint8Preprocessing) share their class's forward, so every load of such an engine added its graph to the same
+    code: in a process that loads many (the GPU tests), the ninth ran eager while labelled compiled."""
+    return model if isinstance(model, torch.fx.GraphModule) else torch.fx.symbolic_trace(model)
+
+
 def compile_module(model, image_input, graphs):
     """The module compiled by Inductor (default mode), with `graphs` compiled (profile_graphs at build, load_graphs
     at load): each by a first call at its size, with its dynamic range marked. Returns it and the seconds it took.
     The same calls at build and at load, in the same order, so that a load finds the build's graphs in the cache."""
-    compiled = torch.compile(model)
+    # A limit hit would run the rest eager PyTorch under a compiled label: make it an error (with_own_forward says why).
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
+    compiled = torch.compile(with_own_forward(model))
     started = time.perf_counter()
     for size, span in graphs:
         images = torch.zeros((size, *image_input.shape), dtype=getattr(torch, image_input.dtype), device="cuda")

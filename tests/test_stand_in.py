@@ -208,3 +208,30 @@ def test_a_compile_error_at_load_is_not_a_course_error_but_an_out_of_memory_is(c
     metadata = {"stand_in": record, "profiles": PROFILES, "precision": "fp16", "weights_digest": "abc"}
     with pytest.raises(CourseError, match="out of GPU memory compiling"):
         torch_engine.compiled_from_cache("the module", engine_file, metadata, IMAGES)
+
+
+@pytest.mark.parametrize("own_forward, all_compiled", [(True, True), (False, False)])
+def test_every_load_in_a_process_compiles_its_own_graphs(own_forward, all_compiled):
+    """Each engine load is compiled, however many a process makes (the GPU tests make dozens): a uint8 stand-in wraps
+    the folded network in a class whose forward all loads share, and torch.compile stops compiling a code object after
+    recompile_limit graphs. with_own_forward gives each load code of its own; the control without it hits the limit,
+    which the stand-in makes an error instead of a silent eager run. Dynamo's own tracing (backend "eager") on the
+    CPU, with the limit lowered to 2 so that three loads reach it."""
+    from torch.fx.experimental.optimization import fuse
+    import torchvision
+    images = torch.zeros((2, *data.IMAGE_INPUTS["uint8"].shape), dtype=torch.uint8)
+    with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):
+        torch.compiler.reset()
+        compiled = []
+        try:
+            for _ in range(3):
+                model = data.inference_model(fuse(torchvision.models.resnet18().eval()), "fp32", "uint8")
+                module = torch.compile(torch_engine.with_own_forward(model) if own_forward else model, backend="eager")
+                with torch.inference_mode():
+                    module(images)
+                compiled.append(module)
+        except torch._dynamo.exc.FailOnRecompileLimitHit:
+            pass
+        finally:
+            torch.compiler.reset()
+    assert (len(compiled) == 3) == all_compiled
