@@ -19,7 +19,9 @@ another). After the timed run the step measures exactly that, in the NVTX range 
 one context (step 7's pipeline) against two, at --batch-size and at a small batch
 (--small-batch-size), the same images each time, back to back; the result's "contexts_compared".
 On the H200 with the compiled stand-in (make reproduce, 2026-12-02): within noise at batch 128 (1.75
-against 1.76 ms per batch, p50 latency 6.1 -> 10.3 ms), 1.30x at batch 16 (0.36 -> 0.28 ms).
+against 1.76 ms per batch, p50 latency 6.1 -> 10.3 ms), 1.30x at batch 16 (0.36 -> 0.28 ms). The same
+on an H100 at 24015e5 (python 8_multi_context.py --backend torch): within noise at 128 (1.95 against
+1.94 ms, p50 6.6 -> 11.3 ms), 1.30x at 16 (0.37 -> 0.28 ms).
 
 What to look for in the timeline (reports/8_multi_context.nsys-rep):
 - two compute streams whose kernels run at the same time, fed by two host threads.

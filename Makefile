@@ -53,9 +53,10 @@ $(VENV)/.installed: requirements.txt requirements-stubs.txt
 	touch $@
 
 # One target per engine, so that `make -j build` builds the stand-in's engines side by side (its compiles are CPU
-# work; on the H200 the six took 3 to 4 minutes one after another). TensorRT times kernels on the GPU while it builds
-# and its builds share a timing cache: build TensorRT engines without -j. The first build writes the weights that
-# every other reads, so the others wait for it. BACKEND is checked first: a typo must not cost the set-up.
+# work: five took 68 s so on an H100, where six had taken 204 to 241 s one after another on the H200). TensorRT times
+# kernels on the GPU while it builds and its builds share a timing cache: build TensorRT engines without -j. The first
+# build writes the weights that every other reads, so the others wait for it. BACKEND is checked first: a typo must
+# not cost the set-up.
 ENGINES := fp32 fp16 fp16_2profiles fp16_wide fp16_uint8 int8
 ENGINE_ARGS_fp32 := --precision fp32
 ENGINE_ARGS_fp16 := --precision fp16
