@@ -32,7 +32,7 @@ RUN := BACKEND=$(BACKEND) $(PYTHON)
 BATCHING := 10_batch_size_sweep 11_dynamic_batching
 BATCHING_ARGS ?=
 
-.PHONY: setup build $(addprefix engine-,$(ENGINES)) run-all reproduce profile-all backend-valid nsys-available gpu-available batching report test clean
+.PHONY: setup build run-all reproduce profile-all backend-valid nsys-available gpu-available batching report test clean
 
 setup: $(SETUP)
 
@@ -65,6 +65,8 @@ ENGINE_ARGS_fp16_wide := --precision fp16 --profile 1:256:1024 --name resnet18_f
 ENGINE_ARGS_fp16_uint8 := --precision fp16 --input uint8 --name resnet18_fp16_uint8
 ENGINE_ARGS_int8 := --precision int8
 
+# Declared here, not in the .PHONY above: make expands a rule's prerequisites where it reads them.
+.PHONY: $(addprefix engine-,$(ENGINES))
 build: $(addprefix engine-,$(ENGINES))
 
 engine-fp32: backend-valid $(SETUP)

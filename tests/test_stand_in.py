@@ -217,15 +217,14 @@ def test_every_load_in_a_process_compiles_its_own_graphs(own_forward, all_compil
     recompile_limit graphs. with_own_forward gives each load code of its own; the control without it hits the limit,
     which the stand-in makes an error instead of a silent eager run. Dynamo's own tracing (backend "eager") on the
     CPU, with the limit lowered to 2 so that three loads reach it."""
-    from torch.fx.experimental.optimization import fuse
-    import torchvision
+    from common import int8
     images = torch.zeros((2, *data.IMAGE_INPUTS["uint8"].shape), dtype=torch.uint8)
     with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):
         torch.compiler.reset()
         compiled = []
         try:
             for _ in range(3):
-                model = data.inference_model(fuse(torchvision.models.resnet18().eval()), "fp32", "uint8")
+                model = data.inference_model(int8.folded_resnet18(), "fp32", "uint8")
                 module = torch.compile(torch_engine.with_own_forward(model) if own_forward else model, backend="eager")
                 with torch.inference_mode():
                     module(images)
