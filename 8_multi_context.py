@@ -18,10 +18,12 @@ its memory (a second set of activations and buffers) and latency (each batch sha
 another). After the timed run the step measures exactly that, in the NVTX range "contexts compared":
 one context (step 7's pipeline) against two, at --batch-size and at a small batch
 (--small-batch-size), the same images each time, back to back; the result's "contexts_compared".
-On the H200 with the compiled stand-in (make reproduce, 2026-12-02): within noise at batch 128 (1.75
-against 1.76 ms per batch, p50 latency 6.1 -> 10.3 ms), 1.30x at batch 16 (0.36 -> 0.28 ms). The same
-on an H100 at 24015e5 (python 8_multi_context.py --backend torch): within noise at 128 (1.95 against
-1.94 ms, p50 6.6 -> 11.3 ms), 1.30x at 16 (0.37 -> 0.28 ms).
+With the compiled stand-in on an H100 (make reproduce at 5e66087, 2026-12-07), batch 128 was within noise
+in both runs (run 1: 1.98 against 1.99 ms per batch, p50 latency 6.8 -> 11.6 ms), while batch 16 paid in
+run 1 (1.31x, 0.38 -> 0.29 ms) and not in run 2 (0.41 against 0.44 ms, within noise); under nsys, which
+adds host time to every CUDA call, two contexts were slower at 16 (0.82x). Earlier runs gave 1.30x at 16
+(an H200 at ed512ba, an H100 at 24015e5). So at small batches a second context can pay, but by how much
+moves from one process to the next: compare one against two within one run, as this step does.
 
 What to look for in the timeline (reports/8_multi_context.nsys-rep):
 - two compute streams whose kernels run at the same time, fed by two host threads.

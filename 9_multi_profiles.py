@@ -15,14 +15,13 @@ and one for the small), on step 4's engine, whose one profile (1:128:128) takes 
 result's "one_profile"; --one-profile-engine). With TensorRT, which tunes each profile's kernels for its
 opt shape, that is what the profiles buy. The PyTorch stand-in does the same in its own way: it compiles
 a graph per profile at the profile's opt shape, so the small batches run a graph compiled at 16 on this
-engine and one compiled at 128 on step 4's. Measured with the compiled stand-in, two profiles are within
-noise of one: 0.96 against 0.97 ms per batch on an H100 (`python 9_multi_profiles.py --backend torch`,
-untraced, 24015e5), and 1.10 against 1.29 under nsys on an H200 (c6cb1e0): on the stand-in the graph
-compiled at 16 bought nothing measurable in this workload; with TensorRT what a profile buys depends on
-the tactics it picks for each opt shape. The windows spread widely (on the H100 117% with two profiles
-and 121% with one), and not from noise: windows are cut from the results in the order they finish, the
-small batches' context finishes its share first, and the last window holds only large batches (1.94 ms
-apart on the H100 in both runs, one context's time per batch of 128 in step 8). The median is a middle
+engine and one compiled at 128 on step 4's. Measured with the compiled stand-in on an H100 (make reproduce
+at 5e66087, 2026-12-07), two profiles are within noise of one in both runs: 0.95 against 0.98 ms per batch
+in run 2; under nsys 1.22 against 1.23. On the stand-in the graph compiled at 16 bought nothing measurable
+in this workload; with TensorRT what a profile buys depends on the tactics it picks for each opt shape.
+The windows spread widely (120% in run 2), and not from noise: windows are cut from the results in the
+order they finish, the small batches' context finishes its share first, and the last window holds only
+large batches (about 2 ms apart, one context's time per batch of 128 in step 8). The median is a middle
 window's.
 
 What to look for in the timeline (reports/9_multi_profiles.nsys-rep):

@@ -72,7 +72,7 @@ def make_course(directory):
         build.write_metadata(target, "torch", precision, profiles, weights, build.ENGINE_DIR / f"{name}.onnx",
                              image_input=data.IMAGE_INPUTS[input_dtype[0] if input_dtype else "float32"])
     (directory / "reports").mkdir(exist_ok=True)
-    shutil.copy(REPO / "tests/fixtures/h100-torch/1_baseline.json", directory / "reports")
+    shutil.copy(REPO / "tests/fixtures/h100-eager/1_baseline.json", directory / "reports")
     return directory
 
 

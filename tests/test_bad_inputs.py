@@ -350,7 +350,7 @@ def report_script():
             (course / "bad/1_baseline.json").write_text(text)
         return with_examples(make)
     no_examples, no_step = "has no example results: run `make run-all`", "has a timed window"
-    truncated = (REPO / "tests/fixtures/h100-torch/1_baseline.json").read_text()[:200]
+    truncated = (REPO / "tests/fixtures/h100-eager/1_baseline.json").read_text()[:200]
     examples = [
         Bad("nowhere", no_examples, "missing", usage=False, damage=with_examples()),
         Bad("reports/1_baseline.json", no_examples, "a file", usage=False, damage=with_examples()),
@@ -365,8 +365,8 @@ def report_script():
     def examples_and(make=lambda course: None):
         """The committed examples are there to report (a step's result), and `make` adds what --compare names."""
         def add(course):
-            (course / "results/h200-torch").mkdir(parents=True)
-            shutil.copy(course / "reports/1_baseline.json", course / "results/h200-torch")
+            (course / "results/h100-torch").mkdir(parents=True)
+            shutil.copy(course / "reports/1_baseline.json", course / "results/h100-torch")
             make(course)
         return with_examples(add)
 
@@ -381,7 +381,7 @@ def report_script():
         Bad("empty", no_result, "an empty directory", usage=False,
             damage=examples_and(lambda course: (course / "empty").mkdir())),
         Bad("bad", no_result, "results that are not JSON", usage=False, damage=examples_and(garbage_result)),
-        Bad("results/h200-torch", f"is the run being reported: {another_run}", "the run being reported",
+        Bad("results/h100-torch", f"is the run being reported: {another_run}", "the run being reported",
             usage=False, damage=examples_and()),
         Bad("", "an empty path", "empty"),
     ]

@@ -3,8 +3,8 @@ README.md and the short summary.md), common/report/plots.py (ladder, timelines) 
 
 The traces are real Nsight Systems SQLite exports made on the lent H100 (nsys 2025.3.1) and trimmed
 with tools/trim_nsys_sqlite.py:
-- tests/fixtures/h100-torch/<stem>.sqlite (the earlier H100 run, kept as fixtures) and <stem>.json: the course's own steps, from `make profile-all` (the committed
-  example results; tests/fixtures/nsys holds nsys stats' own totals for them);
+- tests/fixtures/h100-eager/<stem>.sqlite and <stem>.json: the course's own steps, from an earlier `make profile-all`
+  (eager stand-in, kept as fixtures; tests/fixtures/nsys holds nsys stats' own totals for them);
 - tests/fixtures/nsys_probe/<name>.sqlite: a probe that uses the course's NVTX conventions (a baseline, two
   streams with an output thread, a CUDA graph; README.md there), with the CSVs of nsys's own
   `nsys stats --filter-nvtx "last 3 batches"` beside each.
@@ -33,9 +33,9 @@ from tools import trim_nsys_sqlite
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
-EXAMPLE_RESULTS = REPO / "tests" / "fixtures" / "h100-torch"  # real traces whose figures the tests know
-COMMITTED_RESULTS = REPO / "results" / "h200-torch"  # what the README links: the report must make those pages
-COURSE_FIXTURES = EXAMPLE_RESULTS  # the course's steps, profiled on the H100: the committed example results
+EXAMPLE_RESULTS = REPO / "tests" / "fixtures" / "h100-eager"  # real traces whose figures the tests know
+COMMITTED_RESULTS = REPO / "results" / "h100-torch"  # what the README links: the report must make those pages
+COURSE_FIXTURES = EXAMPLE_RESULTS  # the course's steps, profiled on the H100 with the eager stand-in
 COURSE_STATS = FIXTURES / "nsys"  # nsys stats' own totals for them
 PROBE_FIXTURES = FIXTURES / "nsys_probe"
 PROBE_STEPS = {"baseline": (1, "1_baseline"), "overlap": (5, "5_multi_streams"), "graph": (7, "7_cuda_graph")}
@@ -871,18 +871,18 @@ def test_compare_with_nothing_comparable_is_one_line(tmp_path, other, says):
 
 def test_falls_back_to_the_committed_examples(tmp_path, monkeypatch, no_nsys, capsys):
     monkeypatch.chdir(tmp_path)
-    probe_reports(tmp_path / "results" / "h200-torch")
+    probe_reports(tmp_path / "results" / "h100-torch")
     report.main([])
     out = capsys.readouterr().out
     assert out.splitlines()[0] == ("report: reports/ does not exist; reporting the committed example results "
-                                   "in results/h200-torch/ instead")
+                                   "in results/h100-torch/ instead")
     assert "committed example results" in (tmp_path / "reports" / "summary.md").read_text()
     assert (tmp_path / "reports" / "timeline_7_cuda_graph.png").exists()
 
 
 def test_the_committed_examples_give_a_full_report(tmp_path, monkeypatch, no_nsys):
     if not any(COMMITTED_RESULTS.glob("*.json")):
-        pytest.skip(f"missing {COMMITTED_RESULTS.relative_to(REPO)}/<stem>.json (the H200 run's results)")
+        pytest.skip(f"missing {COMMITTED_RESULTS.relative_to(REPO)}/<stem>.json (the committed run's results)")
     monkeypatch.chdir(tmp_path)
     report.main(["--examples", str(COMMITTED_RESULTS)])
     summary = (tmp_path / "reports" / "README.md").read_text()
@@ -902,12 +902,12 @@ def test_the_committed_summaries_are_what_the_report_makes_of_the_committed_resu
     committed = COMMITTED_RESULTS / run
     if not (committed / page).exists():
         pytest.skip(f"missing {committed.relative_to(REPO)}/{page}")
-    copy = tmp_path / "results" / "h200-torch" / run
+    copy = tmp_path / "results" / "h100-torch" / run
     copy.mkdir(parents=True)
     for path in [*committed.glob("*.json"), *committed.glob("*.sqlite")]:
         shutil.copy(path, copy)
     if other:
-        shutil.copytree(COMMITTED_RESULTS / other, tmp_path / "results" / "h200-torch" / other)
+        shutil.copytree(COMMITTED_RESULTS / other, tmp_path / "results" / "h100-torch" / other)
     relative = copy.relative_to(tmp_path)  # the summary names its source as the committed one does
     monkeypatch.chdir(tmp_path)
     report.main(["--reports", str(relative), "--nsys", "/nonexistent"]

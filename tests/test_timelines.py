@@ -3,7 +3,7 @@ API calls per host thread (nsys_trace.api_kind), their lanes (every stream and h
 plots.stream_lanes_of, plots.thread_lanes_of) and what tools/trim_nsys_sqlite.py keeps of them.
 
 The traces are the real, trimmed Nsight Systems exports of the course's steps made on the lent H100 and H200
-(tests/fixtures/h100-torch/<stem>.sqlite with <stem>.json; tests/fixtures/nsys_memory/) and the probe traces of
+(tests/fixtures/h100-eager/<stem>.sqlite with <stem>.json; tests/fixtures/nsys_memory/) and the probe traces of
 tests/fixtures/nsys_probe/, which predate the NVTX range "all batches".
 """
 import dataclasses
@@ -19,7 +19,7 @@ from tools import trim_nsys_sqlite
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
-EXAMPLE_RESULTS = REPO / "tests" / "fixtures" / "h100-torch"
+EXAMPLE_RESULTS = REPO / "tests" / "fixtures" / "h100-eager"
 PROBE_FIXTURES = FIXTURES / "nsys_probe"
 MEMORY_FIXTURES = FIXTURES / "nsys_memory"
 MS = 1_000_000  # ns

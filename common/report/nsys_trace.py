@@ -31,7 +31,7 @@ Checked against Nsight Systems 2025.3.1 on an H100 (its exporter calls itself 20
 and the layout documented for 2021.5, where NVTX text is inline in `text`; tables are made only when
 they have rows (no memsets, say), so a missing table reads as empty. The memory table and its enums were
 checked against two exports of Nsight Systems 2025.3.1 on an H200 (tests/fixtures/nsys_memory); the traces in
-tests/fixtures/h100-torch/ were trimmed without them.
+tests/fixtures/h100-eager/ were trimmed without them.
 Timestamps are nanoseconds on one clock for CPU and GPU events; globalTid % 0x1000000 is the thread id.
 
 What the figures mean

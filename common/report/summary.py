@@ -18,7 +18,7 @@ Reads DIR/<stem>.json (one per step) and, where the step was profiled, DIR/<stem
                              traces without it, "last 3 batches"; the title says which): every GPU stream, and
                              every host thread's CUDA API calls and NVTX phases
 If DIR holds no step results (a fresh clone, a machine without a GPU), it reports the committed example results
-(results/h200-torch/) instead, says so, and still writes to
+(results/h100-torch/) instead, says so, and still writes to
 DIR. With --compare, the page also says which steps' figures reproduce in another run's results
 (common/report/reproduce.py; `make reproduce`). The results are read by common/report/ladder.py, the traces by
 common/report/nsys_trace.py, and drawn by common/report/plots.py; this module writes the pages and is the command
@@ -42,7 +42,7 @@ from common.report.ladder import (APART_NOTE, activations_mib, another_workload,
 from common.report.nsys_trace import RUN_RANGE, WINDOW_RANGE
 
 DEFAULT_REPORTS = Path("reports")
-DEFAULT_EXAMPLES = Path("results/h200-torch")  # the committed example results
+DEFAULT_EXAMPLES = Path("results/h100-torch")  # the committed example results
 NOT_MEASURED = "not measured"  # a figure a result does not hold (a result from before it was recorded)
 # Results without the ladder's timed windows that the results page reports, by their "kind".
 PAGE_KINDS = {"sweep": "10_batch_size_sweep", "dynamic_batching": "11_dynamic_batching"}
@@ -1055,7 +1055,7 @@ def count(per_batch):
 
 
 def default_examples():
-    """The committed example results to fall back on: the H200's where they are there, else the H100's."""
+    """The committed example results to fall back on (results/h100-torch/)."""
     return DEFAULT_EXAMPLES
 
 
