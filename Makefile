@@ -53,7 +53,7 @@ $(VENV)/.installed: requirements.txt requirements-stubs.txt
 	touch $@
 
 # One target per engine, so that `make -j build` builds the stand-in's engines side by side (its compiles are CPU
-# work: five took 68 s so on an H100, where six had taken 204 to 241 s one after another on the H200). TensorRT times
+# work: five took 68 s on an H100, where six had taken 204 to 241 s one after another on the H200). TensorRT times
 # kernels on the GPU while it builds and its builds share a timing cache: build TensorRT engines without -j. The first
 # build writes the weights that every other reads, so the others wait for it. BACKEND is checked first: a typo must
 # not cost the set-up.

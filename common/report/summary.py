@@ -1054,11 +1054,6 @@ def count(per_batch):
 # The command
 
 
-def default_examples():
-    """The committed example results to fall back on (results/h100-torch/)."""
-    return DEFAULT_EXAMPLES
-
-
 def choose_source(reports, examples):
     """The directory whose results are reported, and a line that says where they come from.
 
@@ -1151,7 +1146,7 @@ def parse_arguments(argv=None):
     parser.add_argument("--reports", type=cli.non_empty_path, default=DEFAULT_REPORTS,
                         help=f"where the steps wrote <stem>.json and <stem>.nsys-rep; the report is written here "
                              f"too (default: {DEFAULT_REPORTS}/)")
-    parser.add_argument("--examples", type=cli.non_empty_path, default=None,
+    parser.add_argument("--examples", type=cli.non_empty_path, default=DEFAULT_EXAMPLES,
                         help="committed results to report when the reports directory holds none "
                              f"(default: {DEFAULT_EXAMPLES}/)")
     parser.add_argument("--nsys", help="the nsys executable that exports .nsys-rep files (default: nsys on PATH)")
@@ -1164,7 +1159,7 @@ def parse_arguments(argv=None):
 def main(argv=None):
     args = parse_arguments(argv)
     cli.check_writable_directory(args.reports, "--reports")  # before any work, and before naming a source
-    source, source_line = choose_source(args.reports, args.examples or default_examples())
+    source, source_line = choose_source(args.reports, args.examples)
     other_run = read_other_run(args.compare, source) if args.compare else None
     try:
         notes, timelines, verdicts = build_report(source, args.reports, args.nsys or shutil.which("nsys"),
